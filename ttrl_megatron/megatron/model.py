@@ -1,0 +1,209 @@
+"""megatron-core GPTModel built from a ModelArchConfig (an HF Qwen2/Llama config), policy or value model.
+
+- Layer spec: Transformer Engine spec when ``transformer_engine`` imports (GPU), else megatron's local spec with
+  RMSNorm (CPU). The two differ in parameter names (TE fuses the norms into ``linear_qkv``/``linear_fc1`` as
+  ``layer_norm_weight``; local has ``input_layernorm``/``pre_mlp_layernorm``): see ``layer_spec_kind``.
+- Vocab: embedding and output rows are padded to ``arch.padded_vocab_size(tp)``; ``forward_logits`` cuts them off.
+- Value model (critic): same trunk; ``output_layer`` is replaced by ``ValueHead``, a TP-replicated
+  ``Linear(hidden, 1, bias=False)`` (the layout of verl's megatron critic), never tied to the embedding.
+  Its weight ``output_layer.weight`` [1, hidden] corresponds to HF ``score.weight`` of ``*ForTokenClassification``
+  with num_labels=1 (HF's ``score.bias`` has no counterpart).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer import TransformerConfig
+
+from ttrl_megatron.distributed import ParallelLayout
+from ttrl_megatron.megatron.arch import ArchConfigError, ModelArchConfig
+
+__all__ = [
+    "ArchConfigError",
+    "ModelArchConfig",
+    "ValueHead",
+    "build_gpt_model",
+    "build_transformer_config",
+    "forward_logits",
+    "layer_spec_kind",
+    "left_padded_inputs",
+]
+
+
+def layer_spec_kind() -> str:
+    """``"te"`` when Transformer Engine imports, else ``"local"`` (decides parameter names, see module doc)."""
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:  # ImportError, or a broken TE build without CUDA
+        return "local"
+    return "te"
+
+
+def _layer_spec(kind: str):
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    if kind == "te":
+        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
+    if kind == "local":
+        return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    raise ValueError(f"layer spec {kind!r} unknown; use 'te' or 'local'")
+
+
+def build_transformer_config(
+    arch: ModelArchConfig, layout: ParallelLayout, params_dtype: torch.dtype = torch.float32
+) -> TransformerConfig:
+    """TransformerConfig matching HF semantics (no dropout, RMSNorm, SwiGLU, no linear biases).
+
+    tp/pp sizes are passed here too: without the PP size every stage silently builds all layers.
+    """
+    layout.validate_model(
+        num_layers=arch.num_layers,
+        num_attention_heads=arch.num_attention_heads,
+        num_query_groups=arch.num_query_groups,
+    )
+    on_cpu = not torch.cuda.is_available()
+    return TransformerConfig(
+        num_layers=arch.num_layers,
+        hidden_size=arch.hidden_size,
+        ffn_hidden_size=arch.intermediate_size,
+        num_attention_heads=arch.num_attention_heads,
+        num_query_groups=arch.num_query_groups,
+        kv_channels=arch.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=arch.rms_norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=arch.add_qkv_bias,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=arch.initializer_range,
+        tensor_model_parallel_size=layout.tp,
+        pipeline_model_parallel_size=layout.pp,
+        params_dtype=params_dtype,
+        pipeline_dtype=params_dtype,
+        bf16=params_dtype == torch.bfloat16,
+        fp16=params_dtype == torch.float16,
+        # CPU: weights are created full-size on CPU then split, so TP=1 and TP=2 get the same values per seed.
+        use_cpu_initialization=on_cpu,
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        apply_rope_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+    )
+
+
+class ValueHead(torch.nn.Linear):
+    """Critic output: ``[s, b, hidden] -> ([s, b, 1], None)``; replicated over TP (same weight on every TP rank).
+
+    Accepts the keyword arguments GPTModel passes to its ``output_layer`` and ignores them.
+    """
+
+    def __init__(self, hidden_size: int, dtype: torch.dtype):
+        super().__init__(hidden_size, 1, bias=False, dtype=dtype)
+        torch.nn.init.zeros_(self.weight)  # an untrained critic predicts 0
+        # TP-replicated: both TP ranks see identical hidden states (after the row-parallel all-reduce), so their
+        # grads agree and megatron must not treat this parameter as TP-sharded.
+        self.weight.tensor_model_parallel = False
+
+    def forward(self, hidden_states, weight=None, runtime_gather_output=None):  # noqa: D401 - megatron signature
+        return super().forward(hidden_states), None
+
+
+def build_gpt_model(
+    arch: ModelArchConfig,
+    layout: Optional[ParallelLayout] = None,
+    *,
+    value_head: bool = False,
+    pre_process: Optional[bool] = None,
+    post_process: Optional[bool] = None,
+    params_dtype: torch.dtype = torch.float32,
+    spec: Optional[str] = None,
+) -> GPTModel:
+    """Build this rank's GPTModel stage for ``arch`` under ``layout`` (default: megatron's initialised state).
+
+    pre_process / post_process default to "first / last pipeline stage". Requires megatron's parallel state
+    (``ttrl_megatron.megatron.parallel.init_distributed``). Weights are randomly initialised (seeded by
+    ``seed_all``); load real ones with the converters. The model carries ``model.ttrl_arch`` and
+    ``model.ttrl_value_head`` for downstream helpers.
+    """
+    if not parallel_state.model_parallel_is_initialized():
+        raise RuntimeError("megatron parallel state is not initialised; call init_distributed(layout) first")
+    if layout is None:
+        from ttrl_megatron.megatron.parallel import current_layout
+
+        layout = current_layout()
+    _check_layout_matches_state(layout)
+    config = build_transformer_config(arch, layout, params_dtype)
+    if pre_process is None:
+        pre_process = parallel_state.is_pipeline_first_stage()
+    if post_process is None:
+        post_process = parallel_state.is_pipeline_last_stage()
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=_layer_spec(spec or layer_spec_kind()),
+        vocab_size=arch.padded_vocab_size(layout.tp),
+        max_sequence_length=arch.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=arch.tie_word_embeddings and not value_head,
+        position_embedding_type="rope",
+        rotary_base=arch.rope_theta,
+        rope_scaling=arch.rope_scaling_factor is not None,
+        rope_scaling_factor=arch.rope_scaling_factor or 8.0,
+        parallel_output=True,
+    )
+    if value_head and post_process:
+        model.output_layer = ValueHead(arch.hidden_size, params_dtype)
+    model.ttrl_arch = arch
+    model.ttrl_value_head = value_head
+    return model
+
+
+def _check_layout_matches_state(layout: ParallelLayout) -> None:
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    if (layout.tp, layout.pp) != (tp, pp):
+        raise RuntimeError(f"layout tp={layout.tp}, pp={layout.pp} differs from megatron's state tp={tp}, pp={pp}")
+
+
+def left_padded_inputs(attention_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Position ids and Megatron attention mask for a (left- or right-) padded batch.
+
+    Args: attention_mask ``[B, T]`` (1/True = real token).
+    Returns: position_ids ``[B, T]`` long (0 at each row's first real token, as HF computes them; 0 on padding),
+    mask ``[B, 1, T, T]`` bool with True = masked (causal, and padded keys masked). Each position may always attend to
+    itself, so fully padded query rows stay finite; their outputs are garbage and must be masked by the caller.
+    """
+    valid = attention_mask.bool()
+    position_ids = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    t = attention_mask.shape[-1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=attention_mask.device).tril()
+    allowed = causal[None] & valid[:, None, :]
+    allowed |= torch.eye(t, dtype=torch.bool, device=attention_mask.device)[None]
+    return position_ids, (~allowed).unsqueeze(1)
+
+
+def forward_logits(
+    model: GPTModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, gather: bool = True
+) -> torch.Tensor:
+    """Single-stage (PP=1) forward: ``input_ids [B, T]`` -> logits ``[B, T, V]`` (fp32 as computed by the model).
+
+    With ``gather`` the TP-local vocab shards are all-gathered and the padding rows cut off (V = HF vocab);
+    otherwise the local shard ``[B, T, V_padded / tp]`` is returned. For a value model the result is ``[B, T, 1]``.
+    Meant for tests and evaluation; training goes through megatron's pipeline schedules.
+    """
+    if not (model.pre_process and model.post_process):
+        raise RuntimeError("forward_logits needs a single-stage model (pipeline_model_parallel_size=1)")
+    position_ids, mask = left_padded_inputs(attention_mask)
+    logits = model(input_ids, position_ids, mask)
+    if getattr(model, "ttrl_value_head", False) or not gather:
+        return logits
+    if parallel_state.get_tensor_model_parallel_world_size() > 1:
+        logits = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
+    return logits[..., : model.ttrl_arch.vocab_size]
