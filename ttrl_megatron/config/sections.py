@@ -1,0 +1,193 @@
+"""Typed config sections outside the Megatron roles (data, algorithm, rewards, TTRL, trainer) and the ROOT config.
+
+Pure dataclasses (stdlib only; no hydra/omegaconf, no torch). One default per field, here. The root's `__post_init__`
+fills every "null = inherit" field from the field it names (one place, `_resolve_inherited`), so consumers read plain
+values. Section names mirror verl/TTRL (`data`, `actor_rollout_ref`, `critic`, `algorithm`, `trainer`, `ttrl`, ...).
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .model_sections import ActorConfig, CriticConfig, FsdpCompatConfig, MegatronConfig, ModelConfig, RefConfig, \
+    RoleMegatronConfig
+from .rollout_sections import RolloutConfig
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    tokenizer: Optional[str] = None  # tokenizer directory; null = actor_rollout_ref.model.path
+    train_files: Any = field(default_factory=list)  # parquet/jsonl files (list, or one path string)
+    val_files: Any = field(default_factory=list)  # parquet/jsonl files for validation; empty = no validation
+    prompt_key: str = "prompt"  # row field holding the prompt (chat messages or a plain string)
+    reward_fn_key: str = "data_source"  # row field naming the dataset (metrics are grouped by it)
+    max_prompt_length: int = 512  # tokens; prompts are left-padded to exactly this length
+    max_response_length: int = 512  # tokens generated per rollout at most
+    train_batch_size: int = 1024  # PROMPTS per training step, global
+    val_batch_size: Optional[int] = None  # PROMPTS per validation batch, global; null = the whole validation set
+    shuffle: bool = True  # reshuffle the training prompts every epoch (seeded by `seed` and the epoch)
+    seed: int = 1  # sampler seed (verl's default)
+    drop_last: bool = True  # drop the last incomplete training batch of each epoch
+    filter_overlong_prompts: bool = False  # drop prompts longer than max_prompt_length at load (count logged)
+    truncation: str = "error"  # overlong prompts not filtered: error | left (keep the end) | right (keep the start)
+    prompt_template: str = "auto"  # auto (tokenizer's chat template if it has one, else plain) | chat | plain
+
+    def __post_init__(self):
+        # verl accepts a single path string as well as a list
+        if isinstance(self.train_files, str):
+            self.train_files = [self.train_files]
+        if isinstance(self.val_files, str):
+            self.val_files = [self.val_files]
+        self.train_files = [str(p) for p in (self.train_files or [])]
+        self.val_files = [str(p) for p in (self.val_files or [])]
+
+
+@dataclass(kw_only=True)
+class KLCtrlConfig:
+    type: str = "fixed"  # in-reward KL coefficient controller: fixed | adaptive (Ziegler et al. 2019)
+    kl_coef: float = 0.001  # initial/fixed beta
+    horizon: int = 10000  # adaptive: rows over which the coefficient adapts, > 0
+    target_kl: float = 0.1  # adaptive: target KL per token
+
+
+@dataclass(kw_only=True)
+class GrpoNsrConfig:
+    positive_weight: float = 0.1  # advantage weight of rows judged correct (NSR paper's lambda), >= 0
+    negative_weight: float = 1.0  # advantage weight of rows judged incorrect, >= 0
+    correctness_threshold: float = 0.5  # a row is correct when its summed token_level_scores >= this
+
+
+@dataclass(kw_only=True)
+class PsrNsrConfig:
+    advantage: str = "weighted"  # positive (PSR only) | negative (NSR only) | weighted (W-REINFORCE)
+    positive_advantage_weight: float = 0.1  # lambda on correct rows in weighted mode (paper's recommendation), >= 0
+
+
+@dataclass(kw_only=True)
+class AlgorithmConfig:
+    adv_estimator: str = "gae"  # advantage estimator name (registry in ttrl_megatron.algorithms); verl default gae
+    gamma: float = 1.0  # discount (gae, reinforce_plus_plus)
+    lam: float = 1.0  # GAE lambda
+    norm_adv_by_std_in_grpo: bool = True  # grpo-family: divide by the group std (False = mean-only baseline, Dr.GRPO)
+    use_kl_in_reward: bool = False  # subtract beta * KL(actor_old || ref) from the token rewards (needs the ref model)
+    kl_penalty: str = "kl"  # in-reward KL estimator: kl|k1 | abs | mse|k2 | low_var_kl|k3
+    kl_ctrl: KLCtrlConfig = field(default_factory=KLCtrlConfig)
+    grpo_nsr: GrpoNsrConfig = field(default_factory=GrpoNsrConfig)
+    psr_nsr: PsrNsrConfig = field(default_factory=PsrNsrConfig)
+
+
+@dataclass(kw_only=True)
+class CustomRewardFunctionConfig:
+    path: Optional[str] = None  # python file defining the scoring function; null = the built-in math grader
+    name: str = "compute_score"  # function name inside that file (verl signature: data_source, solution_str, ground_truth, extra_info)
+
+
+@dataclass(kw_only=True)
+class RewardModelConfig:
+    enable: bool = False  # a neural reward model; not supported (validate rejects True)
+    reward_manager: Optional[str] = None  # majority | rule | custom; null = majority when ttrl.enable else rule
+
+
+@dataclass(kw_only=True)
+class TTRLConfig:
+    enable: bool = False  # test-time RL: pseudo labels by majority vote instead of ground truth (TTRL default off)
+    n_votes_per_prompt: Optional[int] = None  # rollouts generated per prompt for the vote; null = rollout.n
+    n_samples_per_prompt: Optional[int] = None  # of those, rollouts kept for training (<= votes); null = rollout.n
+    sample_selection: str = "first"  # which rollouts are kept: first (TTRL) | random (seeded by trainer.seed)
+    grader_workers: int = 2  # grader processes per rank (answers are graded in killable workers)
+    grade_timeout_s: float = 5.0  # seconds per answer before its grader is killed and it scores 0
+
+
+@dataclass(kw_only=True)
+class TrainerConfig:
+    logger: list[str] = field(default_factory=lambda: ["console", "jsonl"])  # of: console, jsonl, tensorboard, wandb
+    project_name: str = "ttrl_megatron"  # tracker project / directory name
+    experiment_name: str = "default"  # tracker run / directory name
+    n_gpus_per_node: int = 8  # processes per node (GPUs, or CPU processes when device=cpu)
+    nnodes: int = 1  # nodes
+    device: str = "cuda"  # cuda | cpu
+    total_epochs: int = 30  # passes over the training prompts (capped by total_training_steps)
+    total_training_steps: Optional[int] = None  # steps to run; null = total_epochs x batches per epoch
+    save_freq: int = -1  # checkpoint every this many steps (and at the end); -1 = never
+    test_freq: int = -1  # validate every this many steps (and at the end); -1 = never
+    val_before_train: bool = True  # validate once before the first step
+    balance_batch: bool = True  # reorder rows so every DP rank gets about the same number of tokens
+    default_local_dir: Optional[str] = None  # checkpoint root; null = checkpoints/<project_name>/<experiment_name>
+    resume_mode: str = "auto"  # auto (latest checkpoint in default_local_dir if any) | disable | resume_path
+    resume_from_path: Optional[str] = None  # global_step_<k> directory when resume_mode=resume_path
+    max_actor_ckpt_to_keep: Optional[int] = None  # newest actor checkpoints kept; null = all
+    max_critic_ckpt_to_keep: Optional[int] = None  # newest critic checkpoints kept; null = all
+    rollout_data_dir: Optional[str] = None  # dump each step's rollouts as <step>.jsonl here; null = off
+    validation_data_dir: Optional[str] = None  # dump validation generations here; null = off
+    seed: int = 42  # global seed of the driver (uids, random sample selection, torch default generator)
+    run_dir: Optional[str] = None  # resolved config, metrics and logs go here; null = default_local_dir
+
+
+@dataclass(kw_only=True)
+class ActorRolloutRefConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    ref: RefConfig = field(default_factory=RefConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+
+
+@dataclass(kw_only=True)
+class TTRLTrainerConfig:
+    """The root config (Hydra config name `ttrl_trainer`). Build it with `compose()` or directly in Python."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    actor_rollout_ref: ActorRolloutRefConfig = field(default_factory=ActorRolloutRefConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    custom_reward_function: CustomRewardFunctionConfig = field(default_factory=CustomRewardFunctionConfig)
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    ttrl: TTRLConfig = field(default_factory=TTRLConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self):
+        _resolve_inherited(self)
+
+
+def _inherit(obj, name: str, value) -> None:
+    if getattr(obj, name) is None:
+        setattr(obj, name, value)
+
+
+def _resolve_role_megatron(role: RoleMegatronConfig, actor: MegatronConfig) -> None:
+    _inherit(role, "tensor_model_parallel_size", actor.tensor_model_parallel_size)
+    _inherit(role, "pipeline_model_parallel_size", actor.pipeline_model_parallel_size)
+    _inherit(role, "use_distributed_optimizer", actor.use_distributed_optimizer)
+
+
+def _fold_fsdp_offload(megatron: MegatronConfig | RoleMegatronConfig, fsdp: FsdpCompatConfig) -> None:
+    """verl FSDP offload knobs switch on the same-named Megatron offload (see FsdpCompatConfig)."""
+    megatron.param_offload = megatron.param_offload or fsdp.param_offload
+    megatron.optimizer_offload = megatron.optimizer_offload or fsdp.optimizer_offload
+
+
+def _resolve_inherited(cfg: TTRLTrainerConfig) -> None:
+    """Fill every `null = <other field>` default from that field. The only place such defaults are resolved."""
+    arr = cfg.actor_rollout_ref
+    actor, ref, rollout, critic = arr.actor, arr.ref, arr.rollout, cfg.critic
+    _inherit(cfg.ttrl, "n_votes_per_prompt", rollout.n)
+    _inherit(cfg.ttrl, "n_samples_per_prompt", rollout.n)
+    _inherit(cfg.reward_model, "reward_manager", "majority" if cfg.ttrl.enable else "rule")
+    _inherit(critic, "enable", cfg.algorithm.adv_estimator == "gae")
+    for role, prefix in ((ref, "log_prob_"), (rollout, "log_prob_")):
+        _inherit(role, prefix + "micro_batch_size_per_gpu", actor.ppo_micro_batch_size_per_gpu)
+        _inherit(role, prefix + "use_dynamic_bsz", actor.use_dynamic_bsz)
+        _inherit(role, prefix + "max_token_len_per_gpu", actor.ppo_max_token_len_per_gpu)
+    for name in ("ppo_mini_batch_size", "ppo_micro_batch_size_per_gpu", "use_dynamic_bsz", "ppo_epochs", "shuffle",
+                 "loss_agg_mode"):
+        _inherit(critic, name, getattr(actor, name))
+    _inherit(critic.model, "path", arr.model.path)
+    _resolve_role_megatron(ref.megatron, actor.megatron)
+    _resolve_role_megatron(critic.megatron, actor.megatron)
+    _fold_fsdp_offload(actor.megatron, actor.fsdp_config)
+    _fold_fsdp_offload(ref.megatron, ref.fsdp_config)
+    for ckpt in (actor.checkpoint, critic.checkpoint):
+        _inherit(ckpt, "load_contents", list(ckpt.save_contents))
+    _inherit(rollout, "max_model_len", cfg.data.max_prompt_length + cfg.data.max_response_length)
+    _inherit(cfg.data, "tokenizer", arr.model.path)
+    tr = cfg.trainer
+    _inherit(tr, "default_local_dir", f"checkpoints/{tr.project_name}/{tr.experiment_name}")
+    _inherit(tr, "run_dir", tr.default_local_dir)
