@@ -1,0 +1,198 @@
+"""String normalization of final answers, exact number parsing, and the "too dangerous to evaluate" guard.
+
+Normalization follows the MATH grader's ``_strip_string`` (Hendrycks et al. 2021) in spirit, rewritten and extended
+for what policies actually write: ``\\dfrac``/``\\tfrac`` -> ``\\frac``, ``\\frac12`` -> ``\\frac{1}{2}``,
+``\\sqrt2`` -> ``\\sqrt{2}``, ``\\left``/``\\right`` and spacing macros dropped, ``$``/``\\$`` and degrees dropped,
+``\\text{}`` unwrapped and trailing units (``5 \\text{ cm}``, ``18 dollars``) removed, a short left-hand side
+(``x = 3``) removed, thousands separators (``1,000``, ``1{,}000``, ``1\\,000``) removed, a trailing percent recorded as a
+flag, ``(A)`` -> ``A``. Every step is a linear-time regex or scan, so adversarial input cannot make it slow; strings
+longer than ``MAX_NORMALIZE_LEN`` are not normalized at all (they only ever match themselves).
+
+Pure Python: standard library only.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from functools import lru_cache
+from typing import NamedTuple
+
+from .extract import extract_answer
+
+__all__ = ["MAX_NORMALIZE_LEN", "Normalized", "is_dangerous", "normalize_answer", "parse_number"]
+
+MAX_NORMALIZE_LEN = 2000
+MAX_EVAL_LEN = 300  # longer answers are never evaluated (contest answers are short; long ones are degenerate)
+MAX_BRACE_DEPTH = 12
+MAX_EXPONENT_DEPTH = 2  # 2^{2^{2}} is fine; a third level (2^{2^{2^{2}}}) is refused unless strings match
+
+
+class Normalized(NamedTuple):
+    text: str
+    percent: bool  # the answer ended in a percent sign (removed from ``text``)
+
+
+_WRAPPERS = (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+_DELETE = ("\\left", "\\right", "\\displaystyle", "\\bigl", "\\bigr", "\\Bigl", "\\Bigr", "\\big", "\\Big", "\\!")
+_SPACES = ("\\,", "\\;", "\\:", "\\ ", "~", "\\quad", "\\qquad", "\n", "\t")
+_TEXT_MACROS = r"text|textbf|textit|textrm|textnormal|mathrm|mathbf|mathit|mbox|operatorname"
+_TEXT_RE = re.compile(r"\\(?:" + _TEXT_MACROS + r")\s*\{([^{}]*)\}")
+# A trailing unit wrapped in a text macro after something that ends like a value: `5 \text{ cm}`, `3\mbox{ m}^2`.
+_TEXT_UNIT_RE = re.compile(r"^(.*?[\d}).])\s*\\(?:" + _TEXT_MACROS + r")\s*\{\s*[A-Za-z][A-Za-z .]*\}(?:\^\{?\d\}?)?$")
+# A trailing plain-word unit after a plain number: `18 dollars`, `3 square feet`, `4 cm^2`.
+_WORD_UNIT_RE = re.compile(r"^([+-]?[\d.,]*\d)\s+([A-Za-z]+\.?(?:\s+[A-Za-z]+\.?){0,2})(?:\^\{?\d\}?)?$")
+_NOT_UNITS = {"or", "and", "to", "of", "is", "and", "plus", "minus", "times"}
+_LHS_RE = re.compile(r"^\s*[A-Za-z](?:_\{?\w\}?|[A-Za-z0-9])?\s*=(?!=)\s*(.+)$")
+_THOUSANDS_RE = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_SPACED_THOUSANDS_RE = re.compile(r"^[+-]?\d{1,3}(?: \d{3})+(?:\.\d+)?$")
+_FRAC_SHORT_RE = re.compile(r"\\frac\s*(\d|\{[^{}]*\})\s*(\d|\{[^{}]*\})")
+_SQRT_SHORT_RE = re.compile(r"\\sqrt\s*(\d+|[A-Za-z])")
+_CHOICE_RE = re.compile(r"^\(([A-Ea-e])\)$")
+_DEGREES = ("^{\\circ}", "^\\circ", "\\circ", "°", "\\degree")
+
+
+def _strip_wrappers(s: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        s = s.strip()
+        for left, right in _WRAPPERS:
+            if len(s) >= len(left) + len(right) and s.startswith(left) and s.endswith(right):
+                s = s[len(left): len(s) - len(right)]
+                changed = True
+    return s
+
+
+def _brace(group: str) -> str:
+    return group if group.startswith("{") else "{" + group + "}"
+
+
+@lru_cache(maxsize=1 << 16)
+def normalize_answer(answer: str) -> Normalized:
+    """Canonical string form of an answer (no whitespace) plus its percent flag. Never raises for ``str`` input."""
+    s = str(answer)
+    if len(s) > MAX_NORMALIZE_LEN:
+        return Normalized(s.strip(), False)
+    if "\\boxed" in s or "\\fbox" in s:
+        s = extract_answer(s) or s
+    s = _strip_wrappers(s)
+    for tok in _DELETE:
+        s = s.replace(tok, "")
+    s = s.replace("\\left.", "").replace("\\right.", "")
+    for tok in _SPACES:
+        s = s.replace(tok, " ")
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\dbinom", "\\binom").replace("\\tbinom", "\\binom")
+    for tok in _DEGREES:
+        s = s.replace(tok, "")
+    s = s.replace("\\$", "").replace("$", "").replace("{,}", "").replace("∞", "\\infty")
+    s = s.replace("π", "\\pi").replace("\\le ", "\\leq ").replace("\\ge ", "\\geq ")
+    s = s.strip().rstrip(".").strip()
+    percent = False
+    for tok in ("\\%", "%", "\\text{%}", "\\text{ percent}", " percent"):
+        if s.endswith(tok):
+            s, percent = s[: -len(tok)].strip(), True
+            break
+    m = _TEXT_UNIT_RE.match(s)
+    if m:
+        s = m.group(1)
+    for _ in range(4):  # unwrap nested \text{\textbf{..}} a few levels deep
+        s2 = _TEXT_RE.sub(r"\1", s)
+        if s2 == s:
+            break
+        s = s2
+    s = s.strip()
+    m = _WORD_UNIT_RE.match(s)
+    if m and not (set(m.group(2).lower().replace(".", "").split()) & _NOT_UNITS):
+        s = m.group(1)
+    m = _LHS_RE.match(s)
+    if m and "=" not in m.group(1):
+        s = m.group(1)
+    s = s.strip()
+    if _THOUSANDS_RE.match(s):
+        s = s.replace(",", "")
+    elif _SPACED_THOUSANDS_RE.match(s):
+        s = s.replace(" ", "")
+    s = re.sub(r"\s+", "", s)
+    s = _FRAC_SHORT_RE.sub(lambda m: "\\frac" + _brace(m.group(1)) + _brace(m.group(2)), s)
+    s = _SQRT_SHORT_RE.sub(lambda m: "\\sqrt{" + m.group(1) + "}", s)
+    if s.startswith("."):
+        s = "0" + s
+    elif s.startswith("-."):
+        s = "-0" + s[1:]
+    m = _CHOICE_RE.match(s)
+    if m:
+        s = m.group(1).upper()
+    return Normalized(s, percent)
+
+
+_INT_RE = re.compile(r"^[+-]?\d+$")
+_DEC_RE = re.compile(r"^[+-]?(?:\d+\.\d*|\.\d+)(?:[eE][+-]?\d{1,3})?$")
+_SCI_RE = re.compile(r"^[+-]?\d+[eE][+-]?\d{1,3}$")
+_SLASH_RE = re.compile(r"^([+-]?\d+)/([+-]?\d+)$")
+_FRAC_RE = re.compile(r"^([+-]?)\\frac\{([+-]?(?:\d+\.?\d*|\.\d+))\}\{([+-]?(?:\d+\.?\d*|\.\d+))\}$")
+
+
+@lru_cache(maxsize=1 << 16)
+def parse_number(text: str) -> Fraction | None:
+    """Exact rational value of a normalized plain number (``-3``, ``0.25``, ``1e3``, ``3/4``, ``-\\frac{3}{4}``), else None."""
+    if not text or len(text) > 200:
+        return None
+    try:
+        if _INT_RE.match(text) or _DEC_RE.match(text) or _SCI_RE.match(text):
+            return Fraction(text)
+        m = _SLASH_RE.match(text)
+        if m:
+            return Fraction(int(m.group(1)), int(m.group(2))) if int(m.group(2)) else None
+        m = _FRAC_RE.match(text)
+        if m:
+            num, den = Fraction(m.group(2)), Fraction(m.group(3))
+            if den == 0:
+                return None
+            return -num / den if m.group(1) == "-" else num / den
+    except (ValueError, ZeroDivisionError):
+        return None
+    return None
+
+
+def _max_depths(text: str) -> tuple[int, int]:
+    """(max brace/bracket depth, max exponent nesting depth) in one scan. An exponent level opens at ``^{`` (closed
+    by its brace) or at ``^`` followed by one token."""
+    depth = exp_depth = max_depth = max_exp = 0
+    exp_stack: list[int] = []  # brace depths at which an exponent group was opened
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in "({[":
+            depth += 1
+            max_depth = max(max_depth, depth)
+        elif c in ")}]":
+            if exp_stack and exp_stack[-1] == depth:
+                exp_stack.pop()
+            depth -= 1
+        elif c == "^":
+            level = len(exp_stack) + 1
+            max_exp = max(max_exp, level)
+            if i + 1 < n and text[i + 1] == "{":
+                depth += 1
+                max_depth = max(max_depth, depth)
+                exp_stack.append(depth)
+                i += 2
+                continue
+        i += 1
+    return max_depth, max_exp
+
+
+@lru_cache(maxsize=1 << 16)
+def is_dangerous(text: str) -> bool:
+    """True when evaluating ``text`` symbolically could run for a long time: too long, too deeply nested, exponent
+    towers deeper than ``MAX_EXPONENT_DEPTH``, or a factorial of anything but a small literal. Such answers are only
+    ever equal to an identical string (after normalization). Numbers too big for a float are caught by the evaluator."""
+    if len(text) > MAX_EVAL_LEN:
+        return True
+    depth, exp_depth = _max_depths(text)
+    if depth > MAX_BRACE_DEPTH or exp_depth > MAX_EXPONENT_DEPTH:
+        return True
+    if "!" in text and re.search(r"(?<![\d])(?:\d{4,}|[^\d])!|\d{4,}!", text.replace("!=", "")):
+        return True
+    return False

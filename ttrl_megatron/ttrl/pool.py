@@ -1,0 +1,373 @@
+"""A pool of grading worker processes with hard per-job deadlines: ``GradingPool.grade_pairs`` grades a whole step.
+
+Why processes and not threads or SIGALRM: math-verify's timeouts are SIGALRM-based (main thread only) and cannot
+interrupt sympy's big-integer arithmetic (PLATFORM.md: ``((10^{9})!)!`` ran 21 s through a 10 s alarm). Killing a
+process always works. Each worker is a fresh interpreter (``python -m ttrl_megatron.ttrl._worker``) started by one
+long-lived spawner thread, so the pool works from any thread, under torchrun, and never re-runs the caller's
+``__main__``; the worker asks the kernel to kill it when that thread (i.e. the caller's process) dies.
+
+``grade_pairs``: fast in-process verdicts first (``grading.fast_grade``), then dedupe by normalized (answer, label)
+pair and a verdict cache, then the remaining pairs are dispatched one at a time to idle workers (parallel across
+workers). A job that exceeds ``timeout_s`` (counted from when its worker received it) or whose worker dies is "not
+equal"; the worker is killed and replaced. Verdicts depend only on the inputs (up to jobs within a hair of the
+deadline), never on scheduling. ``close()`` (or ``with GradingPool() as pool``, or interpreter exit) kills all workers.
+
+Imports no torch; the workers import math-verify and sympy, this module does not.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import pickle
+import queue
+import select
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections import deque
+from pathlib import Path
+from typing import Sequence
+
+from .grading import fast_grade, normalized_pair
+
+__all__ = ["GradingPool", "default_pool"]
+
+log = logging.getLogger(__name__)
+_HEADER = struct.Struct(">I")
+_PKG_PARENT = str(Path(__file__).resolve().parents[2])
+_LIVE_POOLS: "weakref.WeakSet[GradingPool]" = weakref.WeakSet()
+
+
+class _Spawner:
+    """Starts every worker from one long-lived daemon thread: the kernel's parent-death signal is tied to the thread
+    that forked, so workers must not be forked by short-lived caller threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: queue.Queue = queue.Queue()
+        self._pid = -1
+
+    def popen(self, args: list[str], **kwargs) -> subprocess.Popen:
+        with self._lock:
+            if self._pid != os.getpid():  # first use, or we are a forked child whose spawner thread is gone
+                self._queue = queue.Queue()
+                threading.Thread(target=self._run, args=(self._queue,), name="ttrl-grader-spawner", daemon=True).start()
+                self._pid = os.getpid()
+            q = self._queue
+        box: dict = {}
+        done = threading.Event()
+        q.put((args, kwargs, box, done))
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["proc"]
+
+    @staticmethod
+    def _run(q: queue.Queue) -> None:
+        while True:
+            args, kwargs, box, done = q.get()
+            try:
+                box["proc"] = subprocess.Popen(args, **kwargs)
+            except BaseException as exc:
+                box["error"] = exc
+            finally:
+                done.set()
+
+
+_SPAWNER = _Spawner()
+
+
+class _Worker:
+    """One worker process and its framed pipes."""
+
+    def __init__(self, memory_limit_mb: int, start_timeout_s: float):
+        env = dict(os.environ)
+        env.update(OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+        env["PYTHONPATH"] = _PKG_PARENT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.errfile = tempfile.TemporaryFile()
+        args = [sys.executable, "-m", "ttrl_megatron.ttrl._worker", str(os.getpid()), str(memory_limit_mb)]
+        self.proc = _SPAWNER.popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errfile,
+                                   bufsize=0, env=env, close_fds=True)
+        self.fd = self.proc.stdout.fileno()
+        self.buf = bytearray()
+        self.ready = False
+        self.start_deadline = time.monotonic() + start_timeout_s
+
+    def send(self, obj) -> None:
+        data = pickle.dumps(obj)
+        self.proc.stdin.write(_HEADER.pack(len(data)) + data)
+
+    def read_frames(self) -> list:
+        """Frames that are complete after one read of the available bytes; EOFError when the worker is gone."""
+        chunk = os.read(self.fd, 1 << 16)
+        if not chunk:
+            raise EOFError
+        self.buf += chunk
+        frames = []
+        while len(self.buf) >= _HEADER.size:
+            n = _HEADER.unpack_from(self.buf)[0]
+            if len(self.buf) < _HEADER.size + n:
+                break
+            frames.append(pickle.loads(bytes(self.buf[_HEADER.size:_HEADER.size + n])))
+            del self.buf[:_HEADER.size + n]
+        return frames
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        try:
+            self.errfile.seek(0)
+            return self.errfile.read().decode(errors="replace")[-limit:]
+        except Exception:
+            return ""
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        except Exception:
+            pass
+        for f in (self.proc.stdin, self.proc.stdout, self.errfile):
+            try:
+                f.close()
+            except Exception:
+                pass
+
+
+class GradingPool:
+    """Worker processes that grade (answer, label) pairs with a hard deadline per pair. Thread-safe.
+
+    Args:
+        num_workers: processes to run (started lazily, on first need, or by ``warmup()``).
+        timeout_s: default per-pair deadline, counted from when a worker receives the pair.
+        start_timeout_s: how long a worker may take to import math-verify/sympy and report ready.
+        memory_limit_mb: address-space limit of each worker (0 = none); hostile input then fails, not the machine.
+        cache_size: number of normalized-pair verdicts remembered across calls (timeouts included).
+    """
+
+    def __init__(self, num_workers: int = 2, timeout_s: float = 5.0, start_timeout_s: float = 60.0,
+                 memory_limit_mb: int = 4096, cache_size: int = 200_000):
+        if num_workers < 1:
+            raise ValueError(f"GradingPool num_workers must be >= 1, got {num_workers}")
+        if timeout_s <= 0:
+            raise ValueError(f"GradingPool timeout_s must be > 0, got {timeout_s}")
+        self.num_workers, self.timeout_s, self.start_timeout_s = num_workers, timeout_s, start_timeout_s
+        self.memory_limit_mb, self.cache_size = memory_limit_mb, cache_size
+        self._cv = threading.Condition()
+        self._idle: list[_Worker] = []
+        self._all: set[_Worker] = set()
+        self._closed = False
+        self._cache: dict[tuple[str, str], bool] = {}
+        self.stats = {"pairs": 0, "fast": 0, "cache_hits": 0, "jobs": 0, "timeouts": 0, "worker_deaths": 0,
+                      "workers_started": 0}
+        _LIVE_POOLS.add(self)
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+    def __enter__(self) -> "GradingPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Kill every worker (idle or busy) and refuse further work. Idempotent."""
+        with self._cv:
+            self._closed = True
+            workers, self._all, self._idle = list(self._all), set(), []
+            self._cv.notify_all()
+        for w in workers:
+            w.kill()
+
+    def warmup(self) -> None:
+        """Start all workers now and wait until they are ready (so the first step pays no start-up)."""
+        held = self._checkout(self.num_workers, block=True)
+        try:
+            for w in held:
+                self._wait_ready(w)
+        finally:
+            self._checkin(held)
+
+    def worker_pids(self) -> list[int]:
+        with self._cv:
+            return sorted(w.proc.pid for w in self._all)
+
+    # ------------------------------------------------------------------------------------------- public API
+    def grade_pairs(self, pairs: Sequence[tuple[str | None, str | None]], timeout_s: float | None = None) -> list[bool]:
+        """Verdict per (given, ground_truth) pair, in order. None on either side, a timeout or a dead worker -> False."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        out = [False] * len(pairs)
+        todo: dict[tuple[str, str], list[int]] = {}
+        for i, (given, truth) in enumerate(pairs):
+            if given is None or truth is None:
+                continue
+            verdict = fast_grade(given, truth)
+            if verdict is not None:
+                out[i] = verdict
+                self.stats["fast"] += 1
+                continue
+            key = normalized_pair(given, truth)
+            if key in self._cache:
+                out[i] = self._cache[key]
+                self.stats["cache_hits"] += 1
+            else:
+                todo.setdefault(key, []).append(i)
+        self.stats["pairs"] += len(pairs)
+        if todo:
+            keys = list(todo)
+            for key, verdict in zip(keys, self._run_jobs(keys, timeout_s)):
+                if len(self._cache) >= self.cache_size:
+                    self._cache.clear()
+                self._cache[key] = verdict
+                for i in todo[key]:
+                    out[i] = verdict
+        return out
+
+    # ------------------------------------------------------------------------------------------- workers
+    def _checkout(self, n: int, block: bool) -> list[_Worker]:
+        """Up to ``n`` workers (idle ones first, then new ones up to ``num_workers``); waits for one if ``block``."""
+        with self._cv:
+            while True:
+                if self._closed:
+                    raise RuntimeError("GradingPool is closed")
+                while len(self._idle) < n and len(self._all) < self.num_workers:
+                    w = _Worker(self.memory_limit_mb, self.start_timeout_s)
+                    self.stats["workers_started"] += 1
+                    self._all.add(w)
+                    self._idle.append(w)
+                if self._idle or not block:
+                    held, self._idle = self._idle[:n], self._idle[n:]
+                    return held
+                self._cv.wait()
+
+    def _checkin(self, workers: list[_Worker]) -> None:
+        with self._cv:
+            self._idle.extend(w for w in workers if w in self._all)
+            self._cv.notify_all()
+
+    def _discard(self, w: _Worker) -> None:
+        with self._cv:
+            self._all.discard(w)
+            self._cv.notify_all()
+        w.kill()
+
+    def _wait_ready(self, w: _Worker) -> None:
+        while not w.ready:
+            remaining = w.start_deadline - time.monotonic()
+            if remaining <= 0 or not _readable([w.fd], remaining):
+                break
+            try:
+                self._handle_frames(w, w.read_frames(), {}, [])
+            except EOFError:
+                break
+        if not w.ready:
+            tail = w.stderr_tail()
+            self._discard(w)
+            raise RuntimeError(f"grading worker did not start within {self.start_timeout_s:.0f} s "
+                               f"(`{sys.executable} -m ttrl_megatron.ttrl._worker`); its stderr:\n{tail}")
+
+    @staticmethod
+    def _handle_frames(w: _Worker, frames: list, running: dict, results: list) -> None:
+        for frame in frames:
+            if frame[0] == "ready":
+                w.ready = True
+            else:
+                job = running.pop(w)[0]
+                results[job] = frame[1]
+
+    def _run_jobs(self, keys: list[tuple[str, str]], timeout_s: float) -> list[bool]:
+        """Grade normalized pairs on the workers; one job per worker at a time, deadline per job."""
+        results: list[bool] = [False] * len(keys)
+        pending = deque(range(len(keys)))
+        held = self._checkout(min(self.num_workers, len(keys)), block=True)
+        running: dict[_Worker, tuple[int, float]] = {}
+        start_failures = 0
+        try:
+            while pending or running:
+                for w in held:
+                    if w.ready and w not in running and pending:
+                        job = pending.popleft()
+                        try:
+                            w.send((job, *keys[job]))
+                            running[w] = (job, time.monotonic() + timeout_s)
+                            self.stats["jobs"] += 1
+                        except OSError:  # died while idle: retry the job elsewhere
+                            pending.appendleft(job)
+                if not pending:  # let other callers use workers we no longer need
+                    spare = [w for w in held if w not in running]
+                    held = [w for w in held if w in running]
+                    self._checkin(spare)
+                    if not running:
+                        break
+                now = time.monotonic()
+                deadlines = [d for _, d in running.values()] + [w.start_deadline for w in held if not w.ready]
+                ready_fds = _readable([w.fd for w in held], max(0.0, min(deadlines) - now) if deadlines else 0.05)
+                dead: list[_Worker] = []
+                for w in held:
+                    if w.fd in ready_fds:
+                        try:
+                            self._handle_frames(w, w.read_frames(), running, results)
+                        except EOFError:
+                            dead.append(w)
+                now = time.monotonic()
+                for w in held:
+                    if w in dead:
+                        continue
+                    if w in running and now > running[w][1]:
+                        dead.append(w)
+                        self.stats["timeouts"] += 1
+                        log.warning("grading job timed out after %.1f s (%.80r vs %.80r); worker %d killed",
+                                    timeout_s, *keys[running[w][0]], w.proc.pid)
+                    elif not w.ready and now > w.start_deadline:
+                        dead.append(w)
+                for w in dead:
+                    if w in running:
+                        running.pop(w)  # its job stays False: a timeout or a crash is "not equal"
+                        if w.ready:
+                            self.stats["worker_deaths"] += 1
+                    if not w.ready:
+                        start_failures += 1
+                        if start_failures >= 3:
+                            raise RuntimeError("grading workers keep failing to start; last stderr:\n" + w.stderr_tail())
+                    held.remove(w)
+                    self._discard(w)
+                    held += self._checkout(1, block=not held and bool(pending))
+        finally:
+            for w in list(running):  # interrupted mid-flight: a busy worker is in an unknown state
+                held.remove(w)
+                self._discard(w)
+            self._checkin(held)
+        return results
+
+
+def _readable(fds: list[int], timeout_s: float) -> set[int]:
+    """fds with data (or EOF) within ``timeout_s``; poll() has no 1024-fd limit, unlike select()."""
+    if not fds:
+        time.sleep(timeout_s)
+        return set()
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    return {fd for fd, _ in poller.poll(max(0, int(timeout_s * 1000) + 1))}
+
+
+_DEFAULT: dict[int, GradingPool] = {}
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_pool() -> GradingPool:
+    """The per-process shared pool used by ``grade_answer`` (2 workers, started on first need)."""
+    with _DEFAULT_LOCK:
+        pool = _DEFAULT.get(os.getpid())
+        if pool is None or pool._closed:
+            pool = _DEFAULT[os.getpid()] = GradingPool(num_workers=2)
+        return pool
+
+
+@atexit.register
+def _close_all_pools() -> None:
+    for pool in list(_LIVE_POOLS):
+        pool.close()
