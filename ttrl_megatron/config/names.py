@@ -27,7 +27,6 @@ RESUME_MODES = ("auto", "disable", "resume_path")
 TRUNCATIONS = ("error", "left", "right")
 PROMPT_TEMPLATES = ("auto", "chat", "plain")
 ON_MISMATCH = ("raise", "warn")
-PSR_NSR_MODES = ("positive", "negative", "weighted")
 CHECKPOINT_CONTENTS = ("model", "optimizer", "extra", "hf_model")
 # Estimators that compare the rollouts of one prompt with each other: they need >= 2 rollouts per prompt.
 GROUP_ESTIMATORS = ("grpo", "grpo_nsr", "rloo", "opo", "gpg", "grpo_passk", "reinforce_plus_plus_baseline")

@@ -51,6 +51,8 @@ class KLCtrlConfig:
 
 @dataclass(kw_only=True)
 class GrpoNsrConfig:
+    """GRPO advantages re-weighted by correctness (ttrl-megatron/NSR-TTRL grpo_nsr); kwargs of that estimator."""
+
     positive_weight: float = 0.1  # advantage weight of rows judged correct (NSR paper's lambda), >= 0
     negative_weight: float = 1.0  # advantage weight of rows judged incorrect, >= 0
     correctness_threshold: float = 0.5  # a row is correct when its summed token_level_scores >= this
@@ -58,8 +60,12 @@ class GrpoNsrConfig:
 
 @dataclass(kw_only=True)
 class PsrNsrConfig:
-    advantage: str = "weighted"  # positive (PSR only) | negative (NSR only) | weighted (W-REINFORCE)
-    positive_advantage_weight: float = 0.1  # lambda on correct rows in weighted mode (paper's recommendation), >= 0
+    """W-REINFORCE (Zhu et al. 2025, arXiv 2506.01347): +positive_weight on correct rows, -negative_weight on wrong ones.
+    PSR only = negative_weight 0; NSR only = positive_weight 0. Same keys as grpo_nsr (kwargs of the estimator)."""
+
+    positive_weight: float = 0.1  # weight of correct rows (paper's lambda; its recommended 0.1), >= 0
+    negative_weight: float = 1.0  # weight of incorrect rows, >= 0
+    correctness_threshold: float = 0.5  # a row is correct when its summed token_level_scores >= this
 
 
 @dataclass(kw_only=True)

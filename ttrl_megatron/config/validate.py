@@ -51,7 +51,6 @@ def _check_names(cfg: TTRLTrainerConfig) -> list[str]:
     p += _one_of(actor.kl_loss_type, N.KL_ESTIMATORS, f"{ARR}.actor.kl_loss_type")
     p += _one_of(algo.kl_penalty, N.KL_ESTIMATORS, "algorithm.kl_penalty")
     p += _one_of(algo.kl_ctrl.type, N.KL_CTRL_TYPES, "algorithm.kl_ctrl.type")
-    p += _one_of(algo.psr_nsr.advantage, N.PSR_NSR_MODES, "algorithm.psr_nsr.advantage")
     p += _one_of(actor.strategy, N.STRATEGIES, f"{ARR}.actor.strategy")
     p += _one_of(arr.model.load_format, N.LOAD_FORMATS, f"{ARR}.model.load_format")
     for sec, optim in ((f"{ARR}.actor", actor.optim), ("critic", cfg.critic.optim)):
@@ -152,7 +151,7 @@ def _check_role_batches(role: str, train_bs: int, n: int, dp: int, mini: int, mi
         p.append(f"data.train_batch_size={train_bs} must be a multiple of {role}.ppo_mini_batch_size={mini} (prompts "
                  f"per optimizer step); change one of them")
     elif (mini * n) % dp:
-        p.append(f"{role}.ppo_mini_batch_size x rollout.n = {mini} x {n} = {mini * n} rows must be divisible by the "
+        p.append(f"{role}.ppo_mini_batch_size x {ARR}.rollout.n = {mini} x {n} = {mini * n} rows must be divisible by the "
                  f"data-parallel size {dp}; change ppo_mini_batch_size or the parallel layout")
     elif not dynamic and micro is None:
         p.append(f"{role}.ppo_micro_batch_size_per_gpu is not set: set the rows per forward/backward on each rank, "
@@ -169,7 +168,7 @@ def _check_batch_sizes(cfg: TTRLTrainerConfig, world: int) -> list[str]:
     dp = max(world // (meg.tensor_model_parallel_size * meg.pipeline_model_parallel_size * meg.context_parallel_size), 1)
     n, p = arr.rollout.n, []
     if (data.train_batch_size * n) % dp:
-        p.append(f"data.train_batch_size x rollout.n = {data.train_batch_size} x {n} rows must be divisible by the "
+        p.append(f"data.train_batch_size x {ARR}.rollout.n = {data.train_batch_size} x {n} rows must be divisible by the "
                  f"data-parallel size {dp}")
     p += _check_role_batches(f"{ARR}.actor", data.train_batch_size, n, dp, actor.ppo_mini_batch_size,
                              actor.ppo_micro_batch_size_per_gpu, actor.use_dynamic_bsz)
@@ -233,11 +232,10 @@ def _check_algorithm(cfg: TTRLTrainerConfig) -> list[str]:
                  f"be sampled ({ARR}.rollout.do_sample=True, temperature > 0) or every advantage is 0")
     if algo.kl_ctrl.type == "adaptive" and (algo.kl_ctrl.horizon <= 0 or algo.kl_ctrl.target_kl <= 0):
         p.append("algorithm.kl_ctrl.horizon and target_kl must be > 0 for kl_ctrl.type=adaptive")
-    nsr = algo.grpo_nsr
-    if nsr.positive_weight < 0 or nsr.negative_weight < 0:
-        p.append("algorithm.grpo_nsr.positive_weight and negative_weight must be >= 0")
-    if algo.psr_nsr.positive_advantage_weight < 0:
-        p.append("algorithm.psr_nsr.positive_advantage_weight must be >= 0")
+    for name, nsr in (("grpo_nsr", algo.grpo_nsr), ("psr_nsr", algo.psr_nsr)):
+        if nsr.positive_weight < 0 or nsr.negative_weight < 0:
+            p.append(f"algorithm.{name}.positive_weight={nsr.positive_weight} and negative_weight="
+                     f"{nsr.negative_weight} must both be >= 0")
     for sec, grad_clip, optim in ((f"{ARR}.actor", actor.grad_clip, actor.optim),
                                   ("critic", cfg.critic.grad_clip, cfg.critic.optim)):
         if grad_clip is not None and grad_clip != optim.clip_grad:

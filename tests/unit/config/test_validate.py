@@ -1,0 +1,141 @@
+"""validate(): every cross-field rule rejects a bad config with a message naming the field and the fix.
+
+The base is the demo config (2 CPU processes) composed once; each case changes fields on a deep copy (composing ~0.2 s
+per case would make this file slow; composition itself is covered by test_compose.py).
+"""
+
+import copy
+
+import pytest
+
+from ttrl_megatron.config import ConfigError, compose, validate
+
+ARR = "actor_rollout_ref"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    (run / "data").mkdir()
+    (run / "data" / "test.parquet").write_bytes(b"")
+    (run / "sft_model").mkdir()
+    cfg = compose([f"trainer.run_dir={run}"], config_name="examples/demo_cpu")
+    validate(cfg)  # the base itself is valid
+    return cfg
+
+
+def _with(cfg, changes: dict):
+    cfg = copy.deepcopy(cfg)
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        obj = cfg
+        for name in parents:
+            obj = getattr(obj, name)
+        assert hasattr(obj, leaf), dotted
+        setattr(obj, leaf, value)
+    return cfg
+
+
+CASES = {  # id: (field changes, world_size or None, text the message must contain)
+    "world_not_divisible_by_tp_pp": ({f"{ARR}.actor.megatron.tensor_model_parallel_size": 3}, None,
+                                     "not divisible by tensor_model_parallel_size x pipeline"),
+    "launched_world_differs_from_nodes_x_gpus": ({}, 4, "trainer.nnodes x trainer.n_gpus_per_node"),
+    "ref_tp_differs_from_actor": ({f"{ARR}.ref.megatron.tensor_model_parallel_size": 2}, None,
+                                  f"{ARR}.ref.megatron.tensor_model_parallel_size=2 differs"),
+    "rollout_tp_does_not_divide_world": ({f"{ARR}.rollout.tensor_model_parallel_size": 3}, None,
+                                         f"{ARR}.rollout.tensor_model_parallel_size=3 must divide"),
+    "train_batch_not_multiple_of_mini": ({f"{ARR}.actor.ppo_mini_batch_size": 5}, None,
+                                         f"must be a multiple of {ARR}.actor.ppo_mini_batch_size=5"),
+    "rows_not_divisible_by_dp": ({"trainer.n_gpus_per_node": 3}, None, "divisible by the data-parallel size 3"),
+    "micro_does_not_divide_mini": ({f"{ARR}.actor.ppo_micro_batch_size_per_gpu": 3}, None,
+                                   f"{ARR}.actor.ppo_micro_batch_size_per_gpu=3 must divide the per-rank mini-batch"),
+    "micro_not_set": ({f"{ARR}.actor.ppo_micro_batch_size_per_gpu": None}, None,
+                      f"{ARR}.actor.ppo_micro_batch_size_per_gpu is not set"),
+    "critic_batches_checked_when_enabled": ({"critic.enable": True, "critic.ppo_micro_batch_size_per_gpu": 3}, None,
+                                            "critic.ppo_micro_batch_size_per_gpu=3 must divide"),
+    "samples_exceed_votes": ({"ttrl.n_samples_per_prompt": 32, f"{ARR}.rollout.n": 32}, None,
+                             "ttrl.n_samples_per_prompt=32 exceeds ttrl.n_votes_per_prompt=16"),
+    "rollout_n_differs_from_samples": ({f"{ARR}.rollout.n": 4}, None,
+                                       f"{ARR}.rollout.n=4 must equal ttrl.n_samples_per_prompt=8"),
+    "unknown_estimator": ({"algorithm.adv_estimator": "ppo"}, None, "algorithm.adv_estimator='ppo' is not a valid"),
+    "unknown_loss_mode": ({f"{ARR}.actor.policy_loss.loss_mode": "nope"}, None,
+                          f"{ARR}.actor.policy_loss.loss_mode='nope' is not a valid name; use one of"),
+    "gae_without_critic": ({"algorithm.adv_estimator": "gae", "critic.enable": False}, None,
+                           "algorithm.adv_estimator=gae needs a critic"),
+    "group_estimator_with_one_rollout": ({"ttrl.enable": False, "reward_model.reward_manager": "rule",
+                                          f"{ARR}.rollout.n": 1, f"{ARR}.actor.ppo_micro_batch_size_per_gpu": 16}, None,
+                                         f"needs {ARR}.rollout.n >= 2"),
+    "remax_needs_sampling": ({"algorithm.adv_estimator": "remax", f"{ARR}.rollout.temperature": 0.0}, None,
+                             "algorithm.adv_estimator=remax"),
+    "bad_kl_loss_type": ({f"{ARR}.actor.kl_loss_type": "k5"}, None, f"{ARR}.actor.kl_loss_type='k5'"),
+    "bad_kl_penalty": ({"algorithm.kl_penalty": "full"}, None, "algorithm.kl_penalty='full'"),
+    "bad_loss_agg_mode": ({f"{ARR}.actor.loss_agg_mode": "mean"}, None, f"{ARR}.actor.loss_agg_mode='mean'"),
+    "adaptive_kl_needs_horizon": ({"algorithm.kl_ctrl.type": "adaptive", "algorithm.kl_ctrl.horizon": 0}, None,
+                                  "algorithm.kl_ctrl.horizon"),
+    "negative_nsr_weight": ({"algorithm.grpo_nsr.positive_weight": -0.1}, None, "algorithm.grpo_nsr.positive_weight"),
+    "missing_train_file": ({"data.train_files": ["/nonexistent/x.parquet"]}, None,
+                           "data.train_files[0]='/nonexistent/x.parquet' does not exist"),
+    "no_train_files": ({"data.train_files": []}, None, "data.train_files is empty"),
+    "missing_model_dir": ({f"{ARR}.model.path": "/nonexistent/model", "data.tokenizer": "/nonexistent/model"}, None,
+                          f"{ARR}.model.path='/nonexistent/model' is not an existing directory"),
+    "missing_reward_file": ({"custom_reward_function.path": "/nonexistent/r.py"}, None, "custom_reward_function.path"),
+    "lengths_exceed_max_model_len": ({f"{ARR}.rollout.max_model_len": 16}, None,
+                                     f"exceeds {ARR}.rollout.max_model_len=16"),
+    "offload_on_cpu": ({f"{ARR}.ref.megatron.param_offload": True}, None,
+                       f"{ARR}.ref.megatron.param_offload=True (or its fsdp_config alias)"),
+    "fsdp_size_has_no_meaning": ({f"{ARR}.actor.fsdp_config.fsdp_size": 4}, None, "fsdp_config.fsdp_size=4"),
+    "fsdp_offload_policy_rejected": ({f"{ARR}.ref.fsdp_config.offload_policy": True}, None,
+                                     f"{ARR}.ref.fsdp_config.offload_policy=True"),
+    "grad_clip_conflicts_with_optim": ({f"{ARR}.actor.grad_clip": 0.5}, None, f"{ARR}.actor.grad_clip=0.5"),
+    "majority_reward_without_ttrl": ({"ttrl.enable": False}, None, "reward_manager=majority needs ttrl.enable"),
+    "rule_reward_with_ttrl": ({"reward_model.reward_manager": "rule"}, None, "reward_model.reward_manager=rule"),
+    "custom_reward_needs_path": ({"reward_model.reward_manager": "custom"}, None, "custom_reward_function.path"),
+    "reward_model_not_supported": ({"reward_model.enable": True}, None, "reward_model.enable=True"),
+    "resume_path_needs_path": ({"trainer.resume_mode": "resume_path"}, None, "trainer.resume_from_path"),
+    "bad_logger": ({"trainer.logger": ["console", "mlflow"]}, None, "trainer.logger[1]='mlflow'"),
+    "bad_truncation": ({"data.truncation": "middle"}, None, "data.truncation='middle'"),
+    "bad_load_format": ({f"{ARR}.model.load_format": "gguf"}, None, f"{ARR}.model.load_format='gguf'"),
+    "fsdp_strategy_rejected": ({f"{ARR}.actor.strategy": "fsdp"}, None, f"{ARR}.actor.strategy='fsdp'"),
+    "clip_ratio_c_not_above_one": ({f"{ARR}.actor.clip_ratio_c": 1.0}, None, f"{ARR}.actor.clip_ratio_c=1.0"),
+    "top_p_out_of_range": ({f"{ARR}.rollout.top_p": 0.0}, None, f"{ARR}.rollout.top_p=0.0 must be in (0, 1]"),
+    "float16_on_cpu": ({f"{ARR}.rollout.dtype": "float16"}, None, "float16 is not supported"),
+    "dynamic_bsz_token_budget_below_one_sequence": ({f"{ARR}.actor.use_dynamic_bsz": True,
+                                                     f"{ARR}.actor.ppo_max_token_len_per_gpu": 10}, None,
+                                                    f"{ARR}.actor.ppo_max_token_len_per_gpu=10 is below one full"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_rule_names_the_field(base, case):
+    changes, world_size, expected = CASES[case]
+    with pytest.raises(ConfigError) as err:
+        validate(_with(base, changes), world_size=world_size)
+    assert expected in str(err.value), str(err.value)
+
+
+def test_all_problems_are_reported_together(base):
+    bad = _with(base, {"algorithm.adv_estimator": "ppo", "data.truncation": "middle"})
+    with pytest.raises(ConfigError) as err:
+        validate(bad)
+    assert len(err.value.problems) == 2 and "2 problems" in str(err.value)
+
+
+def test_check_paths_false_skips_only_the_paths(base):
+    cfg = _with(base, {"data.train_files": ["/nonexistent/x.parquet"]})
+    validate(cfg, check_paths=False)
+    with pytest.raises(ConfigError, match="algorithm.adv_estimator"):
+        validate(_with(cfg, {"algorithm.adv_estimator": "ppo"}), check_paths=False)
+
+
+def test_offload_is_fine_on_gpu(base):
+    validate(_with(base, {"trainer.device": "cuda", f"{ARR}.ref.megatron.param_offload": True}))
+
+
+def test_estimator_names_come_from_the_registry():
+    from ttrl_megatron.config import adv_estimator_names, policy_loss_names
+
+    for name in ("gae", "grpo", "grpo_nsr", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "remax",
+                 "opo", "gpg", "grpo_passk", "psr_nsr"):
+        assert name in adv_estimator_names()
+    for name in ("vanilla", "gspo", "clip_cov", "kl_cov", "gpg"):
+        assert name in policy_loss_names()
