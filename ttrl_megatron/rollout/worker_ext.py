@@ -1,0 +1,64 @@
+"""Methods injected into every vLLM worker (`LLM(worker_extension_cls="ttrl_megatron.rollout.worker_ext.WeightReloadExtension")`).
+
+vLLM mixes this class into its worker class, so `self` is the worker; the engine reaches these methods with
+`llm.collective_rpc("<method>", args=...)`.
+
+Why the worker's `reload_weights` and not `model.load_weights`: on CPU the linear weights are repacked after
+loading and replaced by empty placeholders, so a plain `load_weights` fails after start-up; `reload_weights`
+(checkpoint format) restores each layer, loads HF-named tensors (vLLM fuses q/k/v and gate/up itself) and re-runs
+the post-load processing. Callers must send whole modules per call (see rollout/weights.py).
+
+Must not import vllm at module level (it is imported by vLLM itself inside the worker); no validation here: the
+engine validates before sending, because a reload that fails half-way is not rolled back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+class WeightReloadExtension:
+    """Worker-side half of `VLLMRolloutEngine.update_weights`."""
+
+    def ttrl_reload_weights(self, weights: Iterable[tuple[str, torch.Tensor]] | bytes) -> int:
+        """Load HF-named tensors in place; `weights` is an iterable (in-process) or a safetensors blob (other process).
+
+        Returns the number of tensors handed to vLLM.
+        """
+        if isinstance(weights, (bytes, bytearray)):
+            from safetensors.torch import load as load_safetensors
+
+            weights = load_safetensors(bytes(weights)).items()
+        names: list[str] = []
+
+        def recorded():
+            for name, tensor in weights:
+                names.append(name)
+                yield name, tensor
+
+        self.reload_weights(weights_iterator=recorded(), is_checkpoint_format=True)
+        if "model.embed_tokens.weight" in names:
+            self._ttrl_retie_output_layer()
+        return len(names)
+
+    def _ttrl_retie_output_layer(self) -> None:
+        """Point a tied lm_head at the reloaded embedding again.
+
+        The reload materializes a NEW embedding parameter, but a tied `lm_head` still holds the old one (and on CPU
+        a GEMM prepacked from it), so the logits would silently keep the old output weights (seen: log-prob error
+        1.3 after updating only embed_tokens of a tied Qwen2).
+        """
+        hf_config = self.model_runner.model_config.hf_config
+        if not getattr(hf_config, "tie_word_embeddings", False):
+            return
+        model = self.model_runner.get_model()
+        lm_head = getattr(model, "lm_head", None)
+        embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+        if lm_head is None or embed is None:
+            raise RuntimeError(
+                f"{type(model).__name__}: tied embeddings but no model.lm_head / model.model.embed_tokens to re-tie"
+            )
+        lm_head.weight = embed.weight
+        lm_head.quant_method.process_weights_after_loading(lm_head)  # CPU: rebuild the prepacked logits GEMM
