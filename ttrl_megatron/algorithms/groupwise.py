@@ -18,17 +18,70 @@ import numpy as np
 import torch
 
 
+_HASH_MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant (golden ratio); multiplication wraps mod 2**64
+
+
+def _bucket(digest: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """(dense ids of equal digests [N], row index of the first row of each row's bucket [N])."""
+    _, group_ids = torch.unique(torch.from_numpy(digest.view(np.int64)), return_inverse=True)
+    first_row = torch.full((int(group_ids.max()) + 1,), digest.shape[0], dtype=torch.int64).scatter_reduce_(
+        0, group_ids, torch.arange(digest.shape[0]), "amin")
+    return group_ids, first_row[group_ids].numpy()
+
+
+def _factorize_by_hash(arr: np.ndarray) -> torch.Tensor | None:
+    """Dense group ids by hashing each id instead of sorting the ids (np.unique sorts N strings: several times
+    slower), or None if two different ids share a hash.
+
+    The hash is only a bucketing key: every row is compared with the first row of its bucket and any collision
+    returns None (use the exact fallback), so the result is exact. Object arrays use Python's ``hash``/``==`` (cached
+    for str; equal ids are those a dict would merge); fixed-width 'S'/'U' arrays hash their raw bytes.
+    """
+    if arr.dtype.kind == "O":
+        digest = np.fromiter(map(hash, arr), dtype=np.int64, count=arr.shape[0])
+        group_ids, first = _bucket(digest)
+        return group_ids if bool(np.all(arr == arr[first])) else None
+    width = arr.dtype.itemsize
+    raw = np.ascontiguousarray(arr).view(np.uint8).reshape(arr.shape[0], width)
+    if width % 8:
+        raw = np.pad(raw, ((0, 0), (0, 8 - width % 8)))
+    words = raw.view(np.uint64)  # [N, W]; the loop below runs over the W word columns, not over rows
+    digest = np.zeros(arr.shape[0], dtype=np.uint64)
+    for col in range(words.shape[1]):
+        digest = digest * _HASH_MULT ^ words[:, col]
+    group_ids, first = _bucket(digest)
+    return group_ids if np.array_equal(words, words[first]) else None
+
+
+def _factorize_numpy(arr: np.ndarray) -> torch.Tensor:
+    if arr.dtype.kind in "biu":
+        return torch.from_numpy(arr.astype(np.int64, copy=False))
+    if arr.dtype.kind in "OSU" and arr.shape[0] and arr.dtype.itemsize:
+        try:
+            group_ids = _factorize_by_hash(arr)
+        except TypeError as exc:  # unhashable ids
+            raise ValueError(f"index holds unhashable group ids ({exc}); use strings or integers") from exc
+        if group_ids is not None:
+            return group_ids
+    try:
+        _, inverse = np.unique(arr, return_inverse=True)
+    except TypeError as exc:  # object arrays mixing e.g. str and int cannot be ordered
+        raise ValueError(f"index holds group ids of mixed, non-comparable types ({exc}); use one id type") from exc
+    return torch.from_numpy(inverse.reshape(-1).astype(np.int64, copy=False))
+
+
 def factorize_index(index, num_rows: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, int]:
     """Map group ids to dense group numbers.
 
     Args:
-        index: [N] group ids: a torch tensor, a numpy array (ints, strings, or object dtype holding comparable
-            values such as uuid strings), or a list/tuple of them.
+        index: [N] group ids: a torch tensor of integers, a numpy array (ints, strings, or object dtype holding
+            comparable values such as uuid strings), or a list/tuple of them.
         num_rows: N, the expected number of rows (the batch size of the tensors the ids belong to).
         device: device of the returned tensor (default: the tensor's own device, or CPU).
 
     Returns:
-        (group_ids [N] int64 with values in [0, G), G). Groups are numbered in sorted order of their ids.
+        (group_ids [N] int64 with values in [0, G), G). Equal ids get equal numbers; the numbering order is
+        deterministic but otherwise unspecified.
     """
     if isinstance(index, torch.Tensor):
         ids = index
@@ -38,14 +91,9 @@ def factorize_index(index, num_rows: int, device: torch.device | str | None = No
         arr = np.asarray(index)
         if arr.ndim != 1:
             raise ValueError(f"index must be one-dimensional with one group id per row, got shape {arr.shape}")
-        if arr.dtype.kind in "biu":
-            ids = torch.from_numpy(arr.astype(np.int64, copy=False))
-        else:
-            try:
-                _, inverse = np.unique(arr, return_inverse=True)
-            except TypeError as exc:  # object arrays mixing e.g. str and int cannot be ordered
-                raise ValueError(f"index holds group ids of mixed, non-comparable types ({exc}); use one id type") from exc
-            ids = torch.from_numpy(inverse.reshape(-1).astype(np.int64, copy=False))
+        ids = _factorize_numpy(arr)
+        if arr.dtype.kind not in "biu" and ids.shape[0] == num_rows:
+            return ids.to(device=device), (int(ids.max()) + 1 if ids.numel() else 0)  # already dense
     if ids.dim() != 1 or ids.shape[0] != num_rows:
         raise ValueError(f"index must have shape [{num_rows}] (one group id per row), got {tuple(ids.shape)}")
     if ids.is_floating_point() or ids.is_complex():
