@@ -42,7 +42,12 @@ def _child(fn, rank, world_size, port, args, kwargs, results):
             MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
         )
         import datetime
+        import warnings
 
+        # megatron-core's import-time notes about missing Apex / Transformer Engine would bury real output
+        warnings.filterwarnings(
+            "ignore", message=".*(Apex|Transformer Engine|cuda_graph_scope|CUDA_DEVICE_MAX_CONNECTIONS|all_gather_into_tensor).*"
+        )
         import torch
         import torch.distributed as dist
 

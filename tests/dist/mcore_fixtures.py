@@ -34,6 +34,20 @@ def llama_config(tied: bool = False, llama3_factor=None, **kw) -> dict:
     return LlamaConfig(**cfg).to_dict()
 
 
+def hf_model(cfg: dict):
+    """A seeded random transformers CausalLM for ``cfg`` with every tensor perturbed (HF zero-inits biases and
+    sets norms to 1, which would hide mapping mistakes)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(CONFIG_MAPPING[cfg["model_type"]].from_dict(cfg)).float().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
 def batch(vocab: int = 300, b: int = 4, t: int = 8, seed: int = 0) -> Dict[str, torch.Tensor]:
     """Left-padded batch: input_ids/attention_mask/labels/loss_mask, all [b, t]."""
     g = torch.Generator().manual_seed(seed)
@@ -121,11 +135,18 @@ def hf_to_mcore_tp1(hf_sd: Dict[str, torch.Tensor], arch) -> Dict[str, torch.Ten
     return out
 
 
-def shard_tp(full: Dict[str, torch.Tensor], tp_rank: int, tp: int) -> Dict[str, torch.Tensor]:
-    """Full megatron state dict -> this TP rank's shard (column: dim 0; row: dim 1; fc1: [gate_r; up_r])."""
+def shard_tp(full: Dict[str, torch.Tensor], tp_rank: int, tp: int, vocab_rows: int, replicated=()):
+    """Full megatron state dict -> this TP rank's shard (column: dim 0; row: dim 1; fc1: [gate_r; up_r]).
+
+    Vocab tensors are re-padded with zero rows to ``vocab_rows`` (the padded vocab at this TP) before splitting.
+    """
     out = {}
     for name, w in full.items():
-        if name.endswith("linear_fc1.weight"):
+        if any(k in name for k in ("word_embeddings", "output_layer")) and name not in replicated:
+            w = torch.cat([w, w.new_zeros(max(0, vocab_rows - w.shape[0]), *w.shape[1:])])[:vocab_rows]
+        if name in replicated:
+            out[name] = w
+        elif name.endswith("linear_fc1.weight"):
             gate, up = w.chunk(2)
             out[name] = torch.cat([gate.chunk(tp)[tp_rank], up.chunk(tp)[tp_rank]])
         elif any(k in name for k in ("word_embeddings", "output_layer", "linear_qkv")):

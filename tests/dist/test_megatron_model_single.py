@@ -7,19 +7,6 @@ import pytest
 from tests.dist.harness import run_distributed
 
 
-def _hf_model(cfg: dict):
-    import torch
-    from transformers import AutoModelForCausalLM
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(CONFIG_MAPPING[cfg["model_type"]].from_dict(cfg)).float().eval()
-    with torch.no_grad():  # HF zero-inits biases and sets norms to 1: perturb everything so each tensor matters
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
-
-
 def _single_rank():
     import torch
 
@@ -35,7 +22,7 @@ def _single_rank():
     data = fx.batch()
     for name, cfg in configs.items():
         arch = ModelArchConfig.from_hf(cfg)
-        hf = _hf_model(cfg)
+        hf = fx.hf_model(cfg)
         model = build_gpt_model(arch)
         n_hf = sum(p.numel() for p in hf.parameters())
         n_pad = (arch.padded_vocab_size(1) - arch.vocab_size) * arch.hidden_size * (1 if arch.tie_word_embeddings else 2)
@@ -60,9 +47,10 @@ def _single_rank():
 
 def _unscaled_rope_differs(cfg, build_gpt_model):
     """Negative control: the same config without llama3 scaling must give other frequencies than HF's scaled ones."""
+    from tests.dist import mcore_fixtures as fx
     from ttrl_megatron.megatron.model import ModelArchConfig
 
-    hf = _hf_model(cfg)
+    hf = fx.hf_model(cfg)
     arch = ModelArchConfig.from_hf({**cfg, "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}})
     model = build_gpt_model(arch)
     return float((model.rotary_pos_emb.inv_freq.cpu() - hf.model.rotary_emb.inv_freq).abs().max())

@@ -3,7 +3,9 @@
 - Layer spec: Transformer Engine spec when ``transformer_engine`` imports (GPU), else megatron's local spec with
   RMSNorm (CPU). The two differ in parameter names (TE fuses the norms into ``linear_qkv``/``linear_fc1`` as
   ``layer_norm_weight``; local has ``input_layernorm``/``pre_mlp_layernorm``): see ``layer_spec_kind``.
-- Vocab: embedding and output rows are padded to ``arch.padded_vocab_size(tp)``; ``forward_logits`` cuts them off.
+- Vocab: embedding and output rows are padded to ``arch.padded_vocab_size(tp)``. The padded logits are forced to
+  ``PADDED_VOCAB_LOGIT`` (a forward hook on ``output_layer``), so softmax/CE/log-probs equal those of the unpadded
+  HF/vLLM model at any TP; ``forward_logits`` also cuts the padded columns off.
 - Value model (critic): same trunk; ``output_layer`` is replaced by ``ValueHead``, a TP-replicated
   ``Linear(hidden, 1, bias=False)`` (the layout of verl's megatron critic), never tied to the embedding.
   Its weight ``output_layer.weight`` [1, hidden] corresponds to HF ``score.weight`` of ``*ForTokenClassification``
@@ -160,9 +162,38 @@ def build_gpt_model(
     )
     if value_head and post_process:
         model.output_layer = ValueHead(arch.hidden_size, params_dtype)
+    elif post_process:
+        _mask_vocab_padding(model.output_layer, arch, layout.tp)
     model.ttrl_arch = arch
     model.ttrl_value_head = value_head
     return model
+
+
+# Logit given to padded vocab entries. Finite on purpose: with -inf, entropy terms p * log p give 0 * -inf = nan.
+# exp(-1e4 - max) underflows to exactly 0 in fp32/bf16, so the padded entries carry no probability mass.
+PADDED_VOCAB_LOGIT = -1.0e4
+
+
+def _mask_vocab_padding(output_layer: torch.nn.Module, arch: ModelArchConfig, tp: int) -> None:
+    """Make the padded vocab rows invisible: their logits become ``PADDED_VOCAB_LOGIT`` on the owning TP rank.
+
+    Without this, softmax / cross entropy (``labels=`` path, vocab-parallel) would spread probability over the
+    padding rows, so log-probs would differ from HF/vLLM (whose vocab is unpadded) and between TP sizes.
+    """
+    padded = arch.padded_vocab_size(tp)
+    if padded == arch.vocab_size:
+        return
+    local = padded // tp
+    start = parallel_state.get_tensor_model_parallel_rank() * local
+    pad = torch.arange(start, start + local) >= arch.vocab_size  # [V/tp] bool, True = padding column
+    if not pad.any():
+        return
+
+    def hook(module, inputs, output):
+        logits, bias = output  # logits [s, b, V/tp]
+        return logits.masked_fill(pad.to(logits.device), PADDED_VOCAB_LOGIT), bias
+
+    output_layer.register_forward_hook(hook)
 
 
 def _check_layout_matches_state(layout: ParallelLayout) -> None:
