@@ -124,13 +124,18 @@ def _fast(x: str, xp: bool, y: str, yp: bool) -> bool | None:
     nx, ny = parse_number(x), parse_number(y)
     if nx is not None and ny is not None:
         return nx == ny or (xp and nx / 100 == ny) or (yp and ny / 100 == nx)
-    if x.isalpha() and y.isalpha():  # words / single letters (choices, variables): exact, case-free for words
-        return len(x) > 1 and x.lower() == y.lower()
+    if x.isalpha() and y.isalpha():  # words or letters: `Yes` = `yes`; `A` != `B`; `ab` vs `ba` is left to algebra
+        if x.lower() == y.lower() and len(x) > 1:
+            return True
+        if len(x) == 1 and len(y) == 1:
+            return False
     fx, fy = evaluate(x), evaluate(y)
     if TOO_BIG in (fx, fy):
         return False
     if NOT_NUMERIC in (fx, fy):  # retry with letters bound to generic values: screens polynomials, 2x+3 vs 3+2x
         vx, vy = evaluate(x, True), evaluate(y, True)
+        if TOO_BIG in (vx, vy):  # (x+1)^{10000}: sympy would expand it for minutes
+            return False
         if isinstance(vx, float) and isinstance(vy, float):
             return None if _close(vx, vy) else False
     if isinstance(fx, float) and isinstance(fy, float):

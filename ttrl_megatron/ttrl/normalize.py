@@ -25,6 +25,7 @@ __all__ = ["MAX_NORMALIZE_LEN", "Normalized", "is_dangerous", "normalize_answer"
 MAX_NORMALIZE_LEN = 2000
 MAX_EVAL_LEN = 300  # longer answers are never evaluated (contest answers are short; long ones are degenerate)
 MAX_BRACE_DEPTH = 12
+MAX_EXPONENT = 10_000  # |exponent| above this is refused: exact powers that big are never contest answers
 MAX_EXPONENT_DEPTH = 2  # 2^{2^{2}} is fine; a third level (2^{2^{2^{2}}}) is refused unless strings match
 
 
@@ -156,9 +157,10 @@ def parse_number(text: str) -> Fraction | None:
 
 
 def _max_depths(text: str) -> tuple[int, int]:
-    """(max brace/bracket depth, max exponent nesting depth) in one scan. An exponent level opens at ``^{`` (closed
-    by its brace) or at ``^`` followed by one token."""
-    depth = exp_depth = max_depth = max_exp = 0
+    """(max bracket depth, max exponent nesting depth) in one scan; depth -1 when brackets do not balance (all of
+    ``([{`` count as openers so intervals like ``[1,2)`` balance). An exponent level opens at ``^{`` (closed by its
+    brace) or at ``^`` followed by one token."""
+    depth = max_depth = max_exp = 0
     exp_stack: list[int] = []  # brace depths at which an exponent group was opened
     i, n = 0, len(text)
     while i < n:
@@ -170,6 +172,8 @@ def _max_depths(text: str) -> tuple[int, int]:
             if exp_stack and exp_stack[-1] == depth:
                 exp_stack.pop()
             depth -= 1
+            if depth < 0:
+                return -1, max_exp  # a closer without an opener: malformed
         elif c == "^":
             level = len(exp_stack) + 1
             max_exp = max(max_exp, level)
@@ -180,19 +184,38 @@ def _max_depths(text: str) -> tuple[int, int]:
                 i += 2
                 continue
         i += 1
-    return max_depth, max_exp
+    return (max_depth if depth == 0 else -1), max_exp
 
 
 @lru_cache(maxsize=1 << 16)
 def is_dangerous(text: str) -> bool:
-    """True when evaluating ``text`` symbolically could run for a long time: too long, too deeply nested, exponent
-    towers deeper than ``MAX_EXPONENT_DEPTH``, or a factorial of anything but a small literal. Such answers are only
-    ever equal to an identical string (after normalization). Numbers too big for a float are caught by the evaluator."""
+    """True when ``text`` must not be evaluated symbolically: too long, malformed (unbalanced brackets), too deeply
+    nested, exponent towers deeper than ``MAX_EXPONENT_DEPTH``, an exponent above ``MAX_EXPONENT``, or a factorial
+    of anything but a small literal. Such answers are only ever equal to an identical string (after normalization).
+    Values beyond float range are caught by the evaluator."""
     if len(text) > MAX_EVAL_LEN:
         return True
     depth, exp_depth = _max_depths(text)
-    if depth > MAX_BRACE_DEPTH or exp_depth > MAX_EXPONENT_DEPTH:
+    if depth < 0 or depth > MAX_BRACE_DEPTH or exp_depth > MAX_EXPONENT_DEPTH:
         return True
     if "!" in text and re.search(r"(?<![\d])(?:\d{4,}|[^\d])!|\d{4,}!", text.replace("!=", "")):
         return True
+    return _has_huge_exponent(text)
+
+
+def _has_huge_exponent(text: str) -> bool:
+    """An exponent group ``^{...}`` whose constant value exceeds ``MAX_EXPONENT`` in size (``\\sin(10^{9^{9}})``):
+    sympy would build the exact integer. Caught even inside functions the float evaluator does not know."""
+    from .extract import _match_brace
+    from .numeric import TOO_BIG, evaluate
+
+    start = text.find("^{")
+    while start >= 0:
+        close = _match_brace(text, start + 1)
+        if close < 0:
+            return False
+        value = evaluate(text[start + 2:close])
+        if value == TOO_BIG or (isinstance(value, float) and abs(value) > MAX_EXPONENT):
+            return True
+        start = text.find("^{", start + 2)
     return False

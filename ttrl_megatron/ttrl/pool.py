@@ -294,8 +294,12 @@ class GradingPool:
                             w.send((job, *keys[job]))
                             running[w] = (job, time.monotonic() + timeout_s)
                             self.stats["jobs"] += 1
-                        except OSError:  # died while idle: retry the job elsewhere
+                        except OSError:  # died while idle: the job never started, so it goes to another worker
                             pending.appendleft(job)
+                            held.remove(w)
+                            self._discard(w)
+                            held += self._checkout(1, block=not held)
+                            break
                 if not pending:  # let other callers use workers we no longer need
                     spare = [w for w in held if w not in running]
                     held = [w for w in held if w in running]

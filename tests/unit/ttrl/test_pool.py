@@ -1,0 +1,92 @@
+"""GradingPool lifecycle: dedupe and cache, a dying worker, concurrent callers, close() leaves no process behind."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from ttrl_megatron.ttrl import GradingPool
+
+HEAVY_EQUAL = [(r"\sqrt{2}/2", r"\frac{\sqrt{2}}{2}"), (r"3\sqrt{2}", r"\sqrt{18}"), ("x^2-1", "(x-1)(x+1)"),
+               ("2x+3", "3+2x"), (r"\frac{9}{4}\pi", r"\frac{9\pi}{4}")]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie still answers kill(0); read its state
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_dedupe_and_cache(pool):
+    jobs0 = pool.stats["jobs"]
+    pairs = HEAVY_EQUAL * 20  # 100 pairs, 5 distinct
+    assert pool.grade_pairs(pairs) == [True] * len(pairs)
+    assert pool.stats["jobs"] - jobs0 <= len(HEAVY_EQUAL)
+    jobs1 = pool.stats["jobs"]
+    assert pool.grade_pairs(pairs[:5]) == [True] * 5
+    assert pool.stats["jobs"] == jobs1  # answered from the verdict cache
+
+
+def test_results_are_deterministic_across_pool_sizes(pool):
+    pairs = [(g, t) for g, t in HEAVY_EQUAL] + [("x+1", "x+2"), (r"\frac{a}{b}", "a/b"), (r"\{1,x\}", r"\{x,1\}")]
+    with GradingPool(num_workers=1, timeout_s=20.0) as single:
+        assert single.grade_pairs(pairs) == pool.grade_pairs(pairs)
+
+
+def test_killed_worker_is_replaced_and_close_leaves_no_process():
+    with GradingPool(num_workers=2, timeout_s=20.0) as p:
+        p.warmup()
+        pids = p.worker_pids()
+        assert len(pids) == 2
+        os.kill(pids[0], signal.SIGKILL)  # dies while idle
+        time.sleep(0.2)
+        assert p.grade_pairs(HEAVY_EQUAL) == [True] * len(HEAVY_EQUAL)
+        assert pids[0] not in p.worker_pids() and len(p.worker_pids()) == 2
+
+        # dies while busy: its job counts as "not equal" and the worker is replaced
+        def killer():
+            time.sleep(0.5)
+            for pid in p.worker_pids():
+                os.kill(pid, signal.SIGKILL)
+
+        th = threading.Thread(target=killer)
+        th.start()
+        assert p.grade_pairs([(r"\Gamma(10^{9})", "1")], timeout_s=20.0) == [False]
+        th.join()
+        assert p.stats["worker_deaths"] >= 1
+        assert p.grade_pairs([("ab", "ba")]) == [True]
+        final = p.worker_pids()
+    assert p.worker_pids() == []
+    for pid in final + pids:
+        assert not _alive(pid)
+    with pytest.raises(RuntimeError, match="closed"):
+        p.grade_pairs([("a+2b", "2b+a")])
+
+
+def test_concurrent_callers_share_the_pool(pool):
+    out = {}
+
+    def worker(i):
+        out[i] = pool.grade_pairs([(f"{i}x+{i}", f"{i}+{i}x"), (f"{i}x", f"{i + 1}x")])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(1, 7)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert out == {i: [True, False] for i in range(1, 7)}
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="num_workers"):
+        GradingPool(num_workers=0)
+    with pytest.raises(ValueError, match="timeout_s"):
+        GradingPool(timeout_s=0)
