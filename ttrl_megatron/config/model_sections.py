@@ -93,7 +93,8 @@ class PolicyLossConfig:
 
 @dataclass(kw_only=True)
 class CheckpointConfig:
-    save_contents: list[str] = field(default_factory=lambda: ["model", "optimizer", "extra"])  # of: model, optimizer, extra, hf_model
+    # what a checkpoint holds, of: model, optimizer, extra (rng, sampler, step), hf_model (HF safetensors export)
+    save_contents: list[str] = field(default_factory=lambda: ["model", "optimizer", "extra"])
     load_contents: Optional[list[str]] = None  # what to restore on resume; null = save_contents
     async_save: bool = False  # megatron dist_checkpointing async save
 
@@ -102,7 +103,7 @@ class CheckpointConfig:
 class ActorConfig:
     strategy: str = "megatron"  # training backend; only megatron exists here (verl's fsdp/fsdp2 are rejected)
     ppo_mini_batch_size: int = 256  # PROMPTS per optimizer step, global; x rollout.n rows, split over DP
-    ppo_micro_batch_size_per_gpu: Optional[int] = None  # ROWS per forward/backward, per-rank; required unless use_dynamic_bsz
+    ppo_micro_batch_size_per_gpu: Optional[int] = None  # ROWS per fwd/bwd, per-rank; required unless use_dynamic_bsz
     use_dynamic_bsz: bool = False  # pack micro-batches by token count instead of a fixed row count
     ppo_max_token_len_per_gpu: int = 16384  # tokens per micro-batch, per-rank, when use_dynamic_bsz
     ppo_epochs: int = 1  # passes over each rollout batch

@@ -84,7 +84,7 @@ class AlgorithmConfig:
 @dataclass(kw_only=True)
 class CustomRewardFunctionConfig:
     path: Optional[str] = None  # python file defining the scoring function; null = the built-in math grader
-    name: str = "compute_score"  # function name inside that file (verl signature: data_source, solution_str, ground_truth, extra_info)
+    name: str = "compute_score"  # function in that file; verl signature (data_source, solution_str, ground_truth, extra_info)
 
 
 @dataclass(kw_only=True)

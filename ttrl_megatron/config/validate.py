@@ -151,8 +151,8 @@ def _check_role_batches(role: str, train_bs: int, n: int, dp: int, mini: int, mi
         p.append(f"data.train_batch_size={train_bs} must be a multiple of {role}.ppo_mini_batch_size={mini} (prompts "
                  f"per optimizer step); change one of them")
     elif (mini * n) % dp:
-        p.append(f"{role}.ppo_mini_batch_size x {ARR}.rollout.n = {mini} x {n} = {mini * n} rows must be divisible by the "
-                 f"data-parallel size {dp}; change ppo_mini_batch_size or the parallel layout")
+        p.append(f"{role}.ppo_mini_batch_size x {ARR}.rollout.n = {mini} x {n} = {mini * n} rows must be divisible "
+                 f"by the data-parallel size {dp}; change ppo_mini_batch_size or the parallel layout")
     elif not dynamic and micro is None:
         p.append(f"{role}.ppo_micro_batch_size_per_gpu is not set: set the rows per forward/backward on each rank, "
                  f"or use_dynamic_bsz=True")
@@ -168,8 +168,8 @@ def _check_batch_sizes(cfg: TTRLTrainerConfig, world: int) -> list[str]:
     dp = max(world // (meg.tensor_model_parallel_size * meg.pipeline_model_parallel_size * meg.context_parallel_size), 1)
     n, p = arr.rollout.n, []
     if (data.train_batch_size * n) % dp:
-        p.append(f"data.train_batch_size x {ARR}.rollout.n = {data.train_batch_size} x {n} rows must be divisible by the "
-                 f"data-parallel size {dp}")
+        p.append(f"data.train_batch_size x {ARR}.rollout.n = {data.train_batch_size} x {n} rows must be "
+                 f"divisible by the data-parallel size {dp}")
     p += _check_role_batches(f"{ARR}.actor", data.train_batch_size, n, dp, actor.ppo_mini_batch_size,
                              actor.ppo_micro_batch_size_per_gpu, actor.use_dynamic_bsz)
     if N.need_critic(cfg):
