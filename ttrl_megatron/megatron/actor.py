@@ -1,0 +1,237 @@
+"""The Megatron policy engine: ``compute_log_prob`` (actor old log-probs, or a frozen reference) and
+``update_policy`` (PPO/GRPO policy update), over megatron-core's pipeline schedules with TP x PP x DP.
+
+Data (verl layout, the SAME full batch on every rank, see engine.py): ``input_ids/attention_mask [B, P+R]``
+(left-padded prompt + right-padded response), ``responses [B, R]``, ``response_mask [B, R]`` (optional: taken
+from ``attention_mask[:, -R:]``); for updates also ``old_log_probs``, ``advantages`` and, with ``use_kl_loss``,
+``ref_log_prob`` (all ``[B, R]``). ``position_ids`` are not read: megatron's RoPE uses positions 0..T-1, which on a
+left-padded row differ from HF's mask-derived positions by a per-row constant, and rotary attention depends only
+on position DIFFERENCES, so the result is the same.
+
+Log-prob of response token t: ``log softmax(logits[P-1+t] / temperature)[responses[t]]`` (temperature as in the
+rollout), computed with megatron's vocab-parallel cross entropy; the entropy with TP all-reduces of
+max / sum-exp / sum p*z (no full-vocab gather). Padded vocabulary rows are excluded.
+
+Loss of one mini-batch (reference/algorithms-semantics.md §1.5-§1.7):
+``pg_loss - entropy_coeff * agg(entropy) + kl_loss_coef * agg(kl_penalty(logp, ref_logp, kl_loss_type))``,
+each ``agg`` over the whole mini-batch with global token/sequence counts (all-reduced over DP once per
+mini-batch), so the update does not depend on the micro-batch size, dynamic batching or the DP split.
+
+Metrics of ``update_policy`` (floats, identical on every rank): per optimizer step, ``actor/pg_loss``,
+``actor/entropy`` (agg with loss_agg_mode; computed without gradient when entropy_coeff == 0) and ``actor/kl_loss``
+are the exact mini-batch values; ``actor/pg_clipfrac``, ``actor/pg_clipfrac_lower``, ``actor/ppo_kl`` are
+token-weighted means over the mini-batch (verl averages per-micro-batch means instead; the two agree when
+micro-batches hold equal token counts); ``actor/grad_norm`` (before clipping) and ``actor/lr``; then all are
+averaged over the epochs x mini-batches. The lr scheduler steps once per ``update_policy`` call (one training
+step, as verl).
+
+Imports megatron.core (through engine/optimizer) and ttrl_megatron.algorithms; never vllm, hydra or the trainer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+
+from ttrl_megatron.algorithms import agg_loss, compute_policy_loss, kl_penalty
+from ttrl_megatron.algorithms.agg import LOSS_AGG_MODES
+from ttrl_megatron.megatron.batching import MicroBatch
+from ttrl_megatron.megatron.engine import (
+    BatchingConfig, GlobalCounts, RoleEngine, require_keys, response_logprobs, response_mask_of,
+)
+from ttrl_megatron.megatron.optimizer import OptimConfig
+from ttrl_megatron.protocol import DataProto
+
+LOG_PROB_KEYS = ("input_ids", "attention_mask", "responses")
+
+
+@dataclass
+class LogProbConfig:
+    """Micro-batching of forward-only passes (verl: ``*.log_prob_micro_batch_size_per_gpu`` and friends)."""
+
+    micro_batch_size_per_gpu: Optional[int] = None
+    use_dynamic_bsz: bool = False
+    max_token_len_per_gpu: int = 16384
+    temperature: float = 1.0  # the rollout's sampling temperature (logits / T), as vLLM applies it
+    prefix: str = "actor_rollout_ref.rollout"
+
+    def batching(self) -> BatchingConfig:
+        return BatchingConfig(self.micro_batch_size_per_gpu, self.use_dynamic_bsz, self.max_token_len_per_gpu,
+                              f"{self.prefix}.log_prob_micro_batch_size_per_gpu / log_prob_max_token_len_per_gpu")
+
+
+@dataclass
+class ActorEngineConfig:
+    """Policy update settings (verl: ``actor_rollout_ref.actor.*``); names and meanings as in verl."""
+
+    ppo_mini_batch_size: int = 256  # PROMPTS per optimizer step (global); x rows_per_prompt rows, split over DP
+    rows_per_prompt: int = 1  # responses per prompt in the training batch (rollout.n; TTRL: n_samples_per_prompt)
+    ppo_micro_batch_size_per_gpu: Optional[int] = None
+    use_dynamic_bsz: bool = False
+    ppo_max_token_len_per_gpu: int = 16384
+    ppo_epochs: int = 1
+    shuffle: bool = False
+    clip_ratio: float = 0.2
+    clip_ratio_low: Optional[float] = None
+    clip_ratio_high: Optional[float] = None
+    clip_ratio_c: float = 3.0
+    loss_agg_mode: str = "token-mean"
+    loss_scale_factor: Optional[float] = None  # seq-mean-token-sum-norm divisor; None = the response width R
+    entropy_coeff: float = 0.0
+    use_kl_loss: bool = False
+    kl_loss_coef: float = 0.001
+    kl_loss_type: str = "low_var_kl"
+    loss_mode: str = "vanilla"  # actor.policy_loss.loss_mode
+    clip_cov_ratio: float = 2e-4
+    clip_cov_lb: float = 1.0
+    clip_cov_ub: float = 5.0
+    kl_cov_ratio: float = 2e-4
+    ppo_kl_coef: float = 0.1
+    seed: int = 42  # shuffling between epochs and clip_cov's random token choice (same on every rank)
+    prefix: str = "actor_rollout_ref.actor"
+
+    def validate(self) -> None:
+        p = self.prefix
+        for name in ("ppo_mini_batch_size", "rows_per_prompt", "ppo_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{p}.{name} must be a positive int, got {value!r}")
+        if self.loss_agg_mode not in LOSS_AGG_MODES:
+            raise ValueError(f"{p}.loss_agg_mode={self.loss_agg_mode!r}; valid: {', '.join(LOSS_AGG_MODES)}")
+        self.batching().validate()
+
+    def batching(self) -> BatchingConfig:
+        return BatchingConfig(self.ppo_micro_batch_size_per_gpu, self.use_dynamic_bsz, self.ppo_max_token_len_per_gpu,
+                              f"{self.prefix}.ppo_micro_batch_size_per_gpu / ppo_max_token_len_per_gpu")
+
+    @property
+    def mini_batch_rows(self) -> int:
+        return self.ppo_mini_batch_size * self.rows_per_prompt
+
+
+class MegatronActor:
+    """A policy on megatron-core. Trainable (actor) when built with ``optim``; frozen (reference) without.
+
+    ``model_chunks``: this rank's GPTModel stage(s) from ``build_gpt_model``, weights already loaded.
+    """
+
+    def __init__(
+        self,
+        model_chunks: Sequence[torch.nn.Module],
+        log_prob: LogProbConfig,
+        config: Optional[ActorEngineConfig] = None,
+        optim: Optional[OptimConfig] = None,
+    ):
+        if (config is None) != (optim is None):
+            raise ValueError("MegatronActor: pass both config and optim (actor) or neither (frozen reference)")
+        log_prob.batching().validate()
+        if not log_prob.temperature > 0:
+            raise ValueError(f"{log_prob.prefix}.temperature must be > 0, got {log_prob.temperature}")
+        if config is not None:
+            config.validate()
+        self.log_prob_config, self.config = log_prob, config
+        self.engine = RoleEngine(model_chunks, optim)
+
+    # -- checkpoint hooks (megatron/checkpoint.py builds the dist_checkpointing dict from these) -----------------
+    @property
+    def model(self):
+        return self.engine.model
+
+    @property
+    def optimizer(self):
+        return self.engine.optimizer
+
+    @property
+    def scheduler(self):
+        return self.engine.scheduler
+
+    # -- forward-only -----------------------------------------------------------------------------------------------
+    def compute_log_prob(self, data: DataProto, calculate_entropy: bool = False
+                         ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Log-probs ``[B, R]`` of ``responses`` (and entropy ``[B, R]`` if asked), on every rank; 0 where
+        ``response_mask`` is 0."""
+        tensors = data.batch
+        require_keys(tensors, LOG_PROB_KEYS, "compute_log_prob")
+        keys = [k for k in (*LOG_PROB_KEYS, "response_mask") if k in tensors]
+        out_keys = ("log_probs", "entropy") if calculate_entropy else ("log_probs",)
+        vocab, temperature = self.engine.arch.vocab_size, self.log_prob_config.temperature
+
+        def fn(mb: MicroBatch, output: torch.Tensor):
+            p, r = mb.prompt_width, mb.response_width
+            lp, ent = response_logprobs(output[:, p - 1: p + r - 1], mb.tensors["responses"], vocab, temperature,
+                                        with_entropy=calculate_entropy)
+            return None, ({"log_probs": lp, "entropy": ent} if calculate_entropy else {"log_probs": lp})
+
+        out = self.engine.forward_rows(tensors, keys, self.log_prob_config.batching(), fn, out_keys)
+        return out["log_probs"], out.get("entropy")
+
+    # -- update -----------------------------------------------------------------------------------------------------
+    def update_policy(self, data: DataProto) -> Dict[str, float]:
+        """One training step of PPO updates on ``data`` (epochs x mini-batches); returns ``actor/*`` metrics."""
+        cfg = self.config
+        if cfg is None:
+            raise RuntimeError("update_policy on a frozen reference model (built without optim)")
+        tensors = data.batch
+        need = [*LOG_PROB_KEYS, "old_log_probs", "advantages"] + (["ref_log_prob"] if cfg.use_kl_loss else [])
+        require_keys(tensors, need, "update_policy")
+        keys = need + (["response_mask"] if "response_mask" in tensors else [])
+        width = tensors["responses"].shape[1]
+        scale = cfg.loss_scale_factor if cfg.loss_scale_factor is not None else float(width)
+        gen = torch.Generator().manual_seed(cfg.seed)
+
+        def fn(counts: GlobalCounts, mb: MicroBatch, output: torch.Tensor):
+            return self._policy_loss(counts, scale, gen, mb, output)
+
+        metrics, _ = self.engine.train(tensors, keys, cfg.batching(), cfg.mini_batch_rows, cfg.ppo_epochs,
+                                       cfg.shuffle, cfg.seed, fn)
+        self.engine.scheduler.step(1)
+        out = {f"actor/{k}": v for k, v in metrics.items() if not k.startswith("_")}
+        out["actor/loss"] = metrics.get("_loss", 0.0)
+        return out
+
+    def _policy_loss(self, counts: GlobalCounts, scale: float, gen: torch.Generator, mb: MicroBatch,
+                     output: torch.Tensor):
+        cfg, t = self.config, mb.tensors
+        p, r = mb.prompt_width, mb.response_width
+        lp, _ = response_logprobs(output[:, p - 1: p + r - 1], t["responses"], self.engine.arch.vocab_size,
+                                  self.log_prob_config.temperature, with_entropy=False)
+        mask = response_mask_of(t)
+        agg_kwargs = dict(global_num_tokens=counts.tokens, global_num_seqs=counts.seqs)
+
+        def agg(values):
+            return agg_loss(values, mask, cfg.loss_agg_mode, scale, **agg_kwargs)
+
+        pg_loss, pg_metrics = compute_policy_loss(
+            t["old_log_probs"], lp, t["advantages"], mask, cfg.loss_agg_mode, cfg.clip_ratio, cfg.clip_ratio_low,
+            cfg.clip_ratio_high, cfg.clip_ratio_c, cfg.loss_mode, loss_scale_factor=scale,
+            clip_cov_ratio=cfg.clip_cov_ratio, clip_cov_lb=cfg.clip_cov_lb, clip_cov_ub=cfg.clip_cov_ub,
+            kl_cov_ratio=cfg.kl_cov_ratio, ppo_kl_coef=cfg.ppo_kl_coef, generator=gen, **agg_kwargs,
+        )
+        # Token-weighted shares: summed over micro-batches and DP they give the mini-batch token mean.
+        weight = float(mask.sum()) / max(counts.tokens, 1.0)
+        outputs = {k.split("/", 1)[1]: v.detach() * weight for k, v in pg_metrics.items()}
+        outputs["pg_loss"] = pg_loss.detach()
+        loss = pg_loss
+        entropy = self._entropy(output, mb, grad=cfg.entropy_coeff != 0)
+        entropy_agg = agg(entropy)
+        outputs["entropy"] = entropy_agg.detach()
+        if cfg.entropy_coeff != 0:
+            loss = loss - cfg.entropy_coeff * entropy_agg
+        if cfg.use_kl_loss:
+            kl_agg = agg(kl_penalty(lp, t["ref_log_prob"], cfg.kl_loss_type))
+            loss = loss + cfg.kl_loss_coef * kl_agg
+            outputs["kl_loss"] = kl_agg.detach()
+            outputs["kl_coef"] = torch.tensor(cfg.kl_loss_coef * weight)
+        return loss, outputs
+
+    def _entropy(self, output: torch.Tensor, mb: MicroBatch, grad: bool) -> torch.Tensor:
+        """Per-token entropy ``[b, R']`` of the response positions (with gradient only for the entropy bonus)."""
+        from ttrl_megatron.megatron.engine import mask_padded_vocab, vocab_parallel_entropy
+
+        p, r = mb.prompt_width, mb.response_width
+        logits = output[:, p - 1: p + r - 1]
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            z = logits if grad else logits.detach()
+            scaled = mask_padded_vocab(z.float() / self.log_prob_config.temperature, self.engine.arch.vocab_size)
+            return vocab_parallel_entropy(scaled)

@@ -1,0 +1,162 @@
+"""The Megatron value engine (PPO critic): ``compute_values`` and ``update_critic`` over megatron-core schedules.
+
+Model: the policy's GPTModel trunk with a TP-replicated ``Linear(hidden, 1)`` value head (``build_gpt_model(...,
+value_head=True)``), initialised from the HF causal LM (``load_critic_weights``: trunk from the checkpoint, the head
+zero as verl's fresh critic, or given).
+
+Values (as verl): the value of the state BEFORE each response token, i.e. the head's output at sequence positions
+``P-1 .. P+R-2`` -> ``values [B, R]``, zeroed where ``response_mask`` is 0.
+
+Update (reference/algorithms-semantics.md §1.7): clipped value loss
+``0.5 * agg(max((v - R)^2, (clip(v, v_old - c, v_old + c) - R)^2))`` with ``c = cliprange_value``, ``agg`` with
+``loss_agg_mode`` over the whole mini-batch (global counts, see engine.py). Batch keys: ``input_ids``,
+``attention_mask``, ``responses``, (``response_mask``), ``values`` (old), ``returns``. Metrics (floats, every rank,
+averaged over epochs x mini-batches): ``critic/vf_loss`` (exact mini-batch loss), ``critic/vf_clipfrac`` and
+``critic/vpred_mean`` (token-weighted over the mini-batch), ``critic/grad_norm`` (before clipping), ``critic/lr``.
+
+Imports megatron.core (through engine/optimizer) and ttrl_megatron.algorithms; never vllm, hydra or the trainer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import torch
+
+from ttrl_megatron.algorithms import compute_value_loss, masked_mean
+from ttrl_megatron.algorithms.agg import LOSS_AGG_MODES
+from ttrl_megatron.megatron.batching import MicroBatch
+from ttrl_megatron.megatron.engine import BatchingConfig, GlobalCounts, RoleEngine, require_keys, response_mask_of, unwrap
+from ttrl_megatron.megatron.optimizer import OptimConfig
+from ttrl_megatron.protocol import DataProto
+
+VALUE_KEYS = ("input_ids", "attention_mask", "responses")
+
+
+@dataclass
+class CriticEngineConfig:
+    """Critic settings (verl: ``critic.*``); names and meanings as in verl."""
+
+    ppo_mini_batch_size: int = 256  # PROMPTS per optimizer step (global); x rows_per_prompt rows, split over DP
+    rows_per_prompt: int = 1
+    ppo_micro_batch_size_per_gpu: Optional[int] = None
+    forward_micro_batch_size_per_gpu: Optional[int] = None  # compute_values; None = ppo_micro_batch_size_per_gpu
+    use_dynamic_bsz: bool = False
+    ppo_max_token_len_per_gpu: int = 32768
+    ppo_epochs: int = 1
+    shuffle: bool = False
+    cliprange_value: float = 0.5
+    loss_agg_mode: str = "token-mean"
+    loss_scale_factor: Optional[float] = None  # seq-mean-token-sum-norm divisor; None = the response width R
+    seed: int = 42
+    prefix: str = "critic"
+
+    def validate(self) -> None:
+        p = self.prefix
+        for name in ("ppo_mini_batch_size", "rows_per_prompt", "ppo_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{p}.{name} must be a positive int, got {value!r}")
+        if self.loss_agg_mode not in LOSS_AGG_MODES:
+            raise ValueError(f"{p}.loss_agg_mode={self.loss_agg_mode!r}; valid: {', '.join(LOSS_AGG_MODES)}")
+        if not self.cliprange_value > 0:
+            raise ValueError(f"{p}.cliprange_value must be > 0, got {self.cliprange_value}")
+        self.batching().validate()
+        self.forward_batching().validate()
+
+    def batching(self) -> BatchingConfig:
+        return BatchingConfig(self.ppo_micro_batch_size_per_gpu, self.use_dynamic_bsz, self.ppo_max_token_len_per_gpu,
+                              f"{self.prefix}.ppo_micro_batch_size_per_gpu / ppo_max_token_len_per_gpu")
+
+    def forward_batching(self) -> BatchingConfig:
+        size = self.forward_micro_batch_size_per_gpu or self.ppo_micro_batch_size_per_gpu
+        return BatchingConfig(size, self.use_dynamic_bsz, self.ppo_max_token_len_per_gpu,
+                              f"{self.prefix}.forward_micro_batch_size_per_gpu / ppo_max_token_len_per_gpu")
+
+
+def load_critic_weights(model: torch.nn.Module, hf_dir: str, head_weight: Optional[torch.Tensor] = None) -> None:
+    """Fill a value model stage from an HF causal LM: trunk from ``hf_dir``; value head = ``head_weight [1, h]``
+    (zero when None, so a fresh critic predicts 0). The LM head / tied output copy of the checkpoint is unused.
+
+    The value head is hidden from the loader while it runs, so the loader treats the stage as one without an
+    output layer (and skips the tied-embedding copy a causal LM's last stage would hold).
+    """
+    from ttrl_megatron.megatron.hf_io import load_hf_weights
+
+    gpt = unwrap(model)
+    head = getattr(gpt, "output_layer", None)
+    if head is not None:
+        gpt.output_layer = None
+    try:
+        load_hf_weights(gpt, hf_dir)
+    finally:
+        if head is not None:
+            gpt.output_layer = head
+    if head is not None:
+        with torch.no_grad():
+            head.weight.copy_(torch.zeros_like(head.weight) if head_weight is None else head_weight.reshape(1, -1))
+
+
+class MegatronCritic:
+    """A value model on megatron-core with its optimizer. ``model_chunks``: this rank's value-model stage(s)
+    (``build_gpt_model(arch, value_head=True)``), weights loaded."""
+
+    def __init__(self, model_chunks: Sequence[torch.nn.Module], config: CriticEngineConfig, optim: OptimConfig):
+        if not getattr(unwrap(model_chunks[0]), "ttrl_value_head", False):
+            raise ValueError("MegatronCritic needs a value model: build_gpt_model(arch, value_head=True)")
+        config.validate()
+        self.config = config
+        self.engine = RoleEngine(model_chunks, optim)
+
+    @property
+    def model(self):
+        return self.engine.model
+
+    @property
+    def optimizer(self):
+        return self.engine.optimizer
+
+    @property
+    def scheduler(self):
+        return self.engine.scheduler
+
+    def compute_values(self, data: DataProto) -> torch.Tensor:
+        """``values [B, R]`` (state value before each response token) on every rank; 0 where response_mask is 0."""
+        tensors = data.batch
+        require_keys(tensors, VALUE_KEYS, "compute_values")
+        keys = [k for k in (*VALUE_KEYS, "response_mask") if k in tensors]
+
+        def fn(mb: MicroBatch, output: torch.Tensor):
+            return None, {"values": _response_values(output, mb)}
+
+        return self.engine.forward_rows(tensors, keys, self.config.forward_batching(), fn, ("values",))["values"]
+
+    def update_critic(self, data: DataProto) -> Dict[str, float]:
+        """One training step of value updates (epochs x mini-batches); returns ``critic/*`` metrics."""
+        cfg, tensors = self.config, data.batch
+        need = [*VALUE_KEYS, "values", "returns"]
+        require_keys(tensors, need, "update_critic")
+        keys = need + (["response_mask"] if "response_mask" in tensors else [])
+        scale = cfg.loss_scale_factor if cfg.loss_scale_factor is not None else float(tensors["responses"].shape[1])
+
+        def fn(counts: GlobalCounts, mb: MicroBatch, output: torch.Tensor):
+            t = mb.tensors
+            vpreds = _response_values(output, mb)
+            mask = response_mask_of(t)
+            loss, clipfrac = compute_value_loss(
+                vpreds, t["returns"], t["values"], mask, cfg.cliprange_value, cfg.loss_agg_mode,
+                loss_scale_factor=scale, global_num_tokens=counts.tokens, global_num_seqs=counts.seqs)
+            weight = float(mask.sum()) / max(counts.tokens, 1.0)
+            return loss, {"vf_loss": loss.detach(), "vf_clipfrac": clipfrac * weight,
+                          "vpred_mean": masked_mean(vpreds.detach(), mask) * weight}
+
+        metrics, _ = self.engine.train(tensors, keys, cfg.batching(), cfg.ppo_mini_batch_size * cfg.rows_per_prompt,
+                                       cfg.ppo_epochs, cfg.shuffle, cfg.seed, fn)
+        self.engine.scheduler.step(1)
+        return {f"critic/{k}": v for k, v in metrics.items() if not k.startswith("_")}
+
+
+def _response_values(output: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
+    """``[b, T', 1]`` head output -> ``[b, R']`` values at positions P'-1 .. P'+R'-2 (fp32)."""
+    p, r = mb.prompt_width, mb.response_width
+    return output[:, p - 1: p + r - 1, 0].float()

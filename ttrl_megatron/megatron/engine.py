@@ -1,0 +1,398 @@
+"""Shared machinery of the actor, reference and critic engines: micro-batches through megatron-core's pipeline
+schedule, vocab-parallel log-probs/entropy, and the collectives that put results on every rank.
+
+Data contract: every rank receives the SAME full batch (the driver math runs on every rank, ARCHITECTURE.md).
+A rank processes only its data-parallel share (``dp_shard_rows``); results are broadcast from the last pipeline
+stage over the PP group and all-gathered over DP, so every rank returns the full ``[B, R]`` result.
+
+Loss scaling, stated once (reference/algorithms-semantics.md §1.6, PLATFORM.md): megatron-core's schedule divides
+the loss returned by the loss function IN PLACE by ``num_microbatches`` (the 2-tuple loss path), and megatron DDP
+pre-multiplies gradients by ``1/dp_size`` before summing them over DP (``average_in_collective=False``). Our
+losses are already additive shares of the global mini-batch loss (global token/sequence counts), so
+``run_schedule`` hands the schedule ``share * num_microbatches * dp_size``: after both divisions the accumulated
+gradient is exactly d(global loss)/d(theta). Logged values are detached clones taken before the schedule touches
+the tensor.
+
+Imports megatron.core; must not import vllm, hydra or the trainer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.utils import get_model_config
+
+from ttrl_megatron.megatron import batching
+from ttrl_megatron.megatron.batching import MicroBatch
+from ttrl_megatron.megatron.model import left_padded_inputs
+
+if TYPE_CHECKING:
+    from ttrl_megatron.megatron.optimizer import OptimConfig
+
+# Fill value for the logits of Megatron's padded vocabulary rows: exp() underflows to exactly 0, while
+# 0 * (fill - max) stays finite (with -inf the entropy would be 0 * inf = NaN).
+_PAD_LOGIT = -1.0e30
+
+# A loss function of one micro-batch: (micro-batch, last-stage model output) -> (loss share or None, outputs).
+LossFn = Callable[[MicroBatch, torch.Tensor], Tuple[Optional[torch.Tensor], Dict[str, torch.Tensor]]]
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The GPTModel inside a megatron DDP / Float16Module wrapper."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's coordinates in megatron's parallel state (read once per call)."""
+
+    tp: int
+    tp_size: int
+    pp_size: int
+    dp: int
+    dp_size: int
+    is_last_stage: bool
+
+    @classmethod
+    def current(cls) -> "Ranks":
+        ps = parallel_state
+        return cls(
+            tp=ps.get_tensor_model_parallel_rank(), tp_size=ps.get_tensor_model_parallel_world_size(),
+            pp_size=ps.get_pipeline_model_parallel_world_size(),
+            dp=ps.get_data_parallel_rank(), dp_size=ps.get_data_parallel_world_size(),
+            is_last_stage=ps.is_pipeline_last_stage(),
+        )
+
+
+def dp_shard_rows(num_rows: int, dp_rank: int, dp_size: int, what: str = "batch") -> torch.Tensor:
+    """Row ids ``[num_rows / dp_size]`` of this DP rank's contiguous share; sizes must divide."""
+    if num_rows % dp_size:
+        raise ValueError(f"{what} of {num_rows} rows is not divisible by the data-parallel size {dp_size}")
+    share = num_rows // dp_size
+    return torch.arange(dp_rank * share, (dp_rank + 1) * share)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# vocab-parallel log-probs and entropy (no gather of the full vocabulary across TP)
+
+
+def mask_padded_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Give Megatron's padded vocabulary columns (ids >= ``vocab_size``) zero probability; ``[..., V/tp]``."""
+    local = logits.shape[-1]
+    start = parallel_state.get_tensor_model_parallel_rank() * local
+    if start + local <= vocab_size:
+        return logits
+    pad = torch.arange(start, start + local, device=logits.device) >= vocab_size
+    return logits.masked_fill(pad, _PAD_LOGIT)
+
+
+def vocab_parallel_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy ``[...]`` of softmax over the TP-sharded last dim of ``logits [..., V/tp]`` (differentiable).
+
+    ``H = log S - Q / S`` with ``S = sum_v exp(z_v - m)``, ``Q = sum_v exp(z_v - m)(z_v - m)`` (both all-reduced
+    over TP) and ``m`` the global max (a constant shift, so no gradient flows through it). The sums use
+    ``reduce_from_tensor_model_parallel_region`` (all-reduce forward, identity backward): every TP rank holds the
+    same downstream loss, so each rank's local logits get exactly their own share of the gradient.
+    """
+    local_max = logits.detach().max(dim=-1, keepdim=True).values
+    if parallel_state.get_tensor_model_parallel_world_size() > 1:
+        dist.all_reduce(local_max, op=dist.ReduceOp.MAX, group=parallel_state.get_tensor_model_parallel_group())
+    shifted = logits - local_max
+    exp = shifted.exp()
+    s = tensor_parallel.reduce_from_tensor_model_parallel_region(exp.sum(dim=-1))
+    q = tensor_parallel.reduce_from_tensor_model_parallel_region((exp * shifted).sum(dim=-1))
+    return s.log() - q / s
+
+
+def response_logprobs(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    vocab_size: int,
+    temperature: float,
+    with_entropy: bool,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Log-probs ``[b, R]`` of ``targets [b, R]`` under ``logits [b, R, V/tp]`` / temperature, and entropy ``[b, R]``.
+
+    Uses megatron's vocab-parallel cross entropy (log p = -CE). That kernel subtracts the max from its input in
+    place, so it gets its own copy whenever the entropy also needs the logits.
+    """
+    scaled = mask_padded_vocab(logits.float() / temperature, vocab_size)
+    entropy = vocab_parallel_entropy(scaled) if with_entropy else None
+    ce_input = scaled.clone() if with_entropy else scaled
+    log_probs = -tensor_parallel.vocab_parallel_cross_entropy(ce_input, targets)
+    return log_probs, entropy
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the pipeline schedule
+
+
+def _forward_step(loss_fn: LossFn, scale: float, data_iterator, model):
+    mb: MicroBatch = next(data_iterator)
+    t = mb.tensors
+    position_ids, mask = left_padded_inputs(t["attention_mask"])
+    output = model(t["input_ids"], position_ids, mask)
+
+    def loss_func(output_tensor):
+        loss, outputs = loss_fn(mb, output_tensor)
+        if loss is None:  # forward-only: the schedule still wants a scalar it can divide in place
+            return torch.zeros((), device=output_tensor.device), outputs
+        outputs = dict(outputs)
+        outputs["_loss"] = loss.detach().clone()
+        return loss * scale, outputs
+
+    return output, loss_func
+
+
+def run_schedule(
+    model_chunks: Sequence[torch.nn.Module],
+    micro_batches: List[MicroBatch],
+    loss_fn: LossFn,
+    forward_only: bool,
+    dp_size: int = 1,
+) -> List[Dict[str, torch.Tensor]]:
+    """Run ``micro_batches`` through megatron's forward(-backward) schedule; per-micro-batch outputs on the last stage.
+
+    ``loss_fn`` returns this micro-batch's additive share of the global loss (None when forward-only); the
+    share is multiplied by ``num_microbatches * dp_size`` to undo the schedule's and DDP's averaging (module
+    docstring). Non-last pipeline stages get ``[]``. Shapes may vary between micro-batches (dynamic batching):
+    with PP > 1 ``variable_seq_lengths`` is switched on so that stages exchange activation shapes.
+    """
+    if not micro_batches:
+        return []
+    config = get_model_config(model_chunks[0])
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        config.variable_seq_lengths = True
+    n = len(micro_batches)
+    first = micro_batches[0].tensors["input_ids"]
+    out = get_forward_backward_func()(
+        forward_step_func=partial(_forward_step, loss_fn, float(n * dp_size)),
+        data_iterator=iter(micro_batches),
+        model=list(model_chunks),
+        num_microbatches=n,
+        seq_length=first.shape[1],
+        micro_batch_size=first.shape[0],
+        forward_only=forward_only,
+    )
+    return list(out) if parallel_state.is_pipeline_last_stage() else []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# collectives that put results on every rank
+
+
+def broadcast_from_last_stage(tensor: torch.Tensor) -> torch.Tensor:
+    """Copy the last pipeline stage's ``tensor`` to every stage (same shape and dtype expected everywhere)."""
+    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+        return tensor
+    tensor = tensor.contiguous()
+    dist.broadcast(
+        tensor,
+        src=parallel_state.get_pipeline_model_parallel_last_rank(),
+        group=parallel_state.get_pipeline_model_parallel_group(),
+    )
+    return tensor
+
+
+def all_gather_dp_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate each DP rank's ``[B/dp, ...]`` share in DP-rank order -> ``[B, ...]`` on every rank."""
+    dp_size = parallel_state.get_data_parallel_world_size()
+    if dp_size == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dp_size)]
+    dist.all_gather(parts, tensor.contiguous(), group=parallel_state.get_data_parallel_group())
+    return torch.cat(parts, dim=0)
+
+
+def sum_over_dp_last_stage(values: torch.Tensor) -> torch.Tensor:
+    """Sum a vector of last-stage values over DP ranks and hand the result to every rank.
+
+    One all-reduce over the whole world: non-last stages contribute zeros and every TP rank holds the same
+    values, so the world sum divided by the TP size is the DP sum of the last stage.
+    """
+    values = values.to(torch.float64)
+    if not parallel_state.is_pipeline_last_stage():
+        values = torch.zeros_like(values)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(values)
+    return values / parallel_state.get_tensor_model_parallel_world_size()
+
+
+def all_reduce_dp_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum ``values`` over the data-parallel group (e.g. token counts of each rank's share of a mini-batch)."""
+    values = values.clone()
+    if parallel_state.get_data_parallel_world_size() > 1:
+        dist.all_reduce(values, group=parallel_state.get_data_parallel_group())
+    return values
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the role engine shared by actor, reference and critic
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """How one rank cuts its rows into micro-batches: a fixed row count, or a token budget (dynamic)."""
+
+    micro_batch_size: Optional[int]  # rows per micro-batch (per rank)
+    use_dynamic_bsz: bool
+    max_token_len: int  # padded tokens per micro-batch when use_dynamic_bsz
+    prefix: str  # config path used in error messages
+
+    def validate(self) -> None:
+        if self.use_dynamic_bsz:
+            if not isinstance(self.max_token_len, int) or self.max_token_len < 1:
+                raise ValueError(f"{self.prefix}: the max token length per GPU must be a positive int with "
+                                 f"use_dynamic_bsz, got {self.max_token_len!r}")
+        elif not isinstance(self.micro_batch_size, int) or self.micro_batch_size < 1:
+            raise ValueError(f"{self.prefix}: the micro batch size per GPU must be a positive int when "
+                             f"use_dynamic_bsz is off, got {self.micro_batch_size!r}")
+
+    def split(self, mask: torch.Tensor, rows: torch.Tensor, response_width: int) -> List[torch.Tensor]:
+        if self.use_dynamic_bsz:
+            p, r = batching.sequence_lengths(mask, response_width)
+            return batching.split_by_token_budget(rows, p, r, self.max_token_len)
+        return batching.split_fixed(rows, self.micro_batch_size)
+
+
+@dataclass(frozen=True)
+class GlobalCounts:
+    """Whole-mini-batch denominators: valid response tokens and sequences with >= 1 valid token (all DP ranks)."""
+
+    tokens: float
+    seqs: float
+
+
+def response_mask_of(tensors: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """``response_mask [B, R]``; derived from ``attention_mask[:, -R:]`` when the batch has none (as verl)."""
+    if "response_mask" in tensors:
+        return tensors["response_mask"]
+    width = tensors["responses"].shape[1]
+    return tensors["attention_mask"][:, -width:]
+
+
+def require_keys(tensors: Dict[str, torch.Tensor], keys: Sequence[str], where: str) -> None:
+    missing = [k for k in keys if k not in tensors]
+    if missing:
+        raise KeyError(f"{where}: batch is missing {missing} (present: {sorted(tensors)})")
+
+
+class RoleEngine:
+    """Model chunks (+ DDP, optimizer and lr scheduler when trainable) and the two loops every role needs:
+    ``forward_rows`` (forward-only over this rank's DP share, results on every rank) and ``train`` (epochs x
+    mini-batches x micro-batches, one optimizer step per mini-batch)."""
+
+    def __init__(self, model_chunks: Sequence[torch.nn.Module], optim: Optional["OptimConfig"]):
+        from ttrl_megatron.megatron import optimizer as opt
+
+        self.arch = unwrap(model_chunks[0]).ttrl_arch
+        self.optim_config = optim
+        if optim is None:  # frozen (reference policy): no grads, no DDP, no optimizer
+            for chunk in model_chunks:
+                chunk.requires_grad_(False)
+                chunk.eval()
+            self.model, self.optimizer, self.scheduler = list(model_chunks), None, None
+        else:
+            optim.validate()
+            self.model = opt.wrap_ddp(model_chunks, optim.use_distributed_optimizer)
+            self.optimizer = opt.build_optimizer(optim, self.model)
+            self.scheduler = opt.build_scheduler(optim, self.optimizer)
+
+    def forward_rows(
+        self, tensors: Dict[str, torch.Tensor], keys: Sequence[str], plan: BatchingConfig, loss_fn: LossFn,
+        out_keys: Sequence[str],
+    ) -> Dict[str, torch.Tensor]:
+        """Run ``loss_fn`` (forward-only) on this rank's DP share; ``{key: [B, R]}`` on every rank.
+
+        ``loss_fn`` returns ``(None, {key: [b, R']})`` per micro-batch; positions with ``response_mask == 0``
+        are zeroed so results do not depend on how rows were grouped.
+        """
+        ranks = Ranks.current()
+        width = tensors["responses"].shape[1]
+        rows = dp_shard_rows(tensors["responses"].shape[0], ranks.dp, ranks.dp_size)
+        local = {k: tensors[k][rows] for k in keys}
+        mbs = [batching.trim_columns(local, r, width, keys)
+               for r in plan.split(local["attention_mask"], torch.arange(rows.numel()), width)]
+        with torch.no_grad():
+            outs = run_schedule(self.model, mbs, loss_fn, forward_only=True)
+        mask = response_mask_of(local).to(torch.float32)
+        result = {}
+        for key in out_keys:
+            if ranks.is_last_stage:
+                value = batching.scatter_rows(mbs, [o[key].float() for o in outs], rows.numel(), width) * mask
+            else:
+                value = torch.empty(rows.numel(), width, dtype=torch.float32)
+            result[key] = all_gather_dp_rows(broadcast_from_last_stage(value))
+        return result
+
+    def train(
+        self, tensors: Dict[str, torch.Tensor], keys: Sequence[str], plan: BatchingConfig, mini_batch_rows: int,
+        epochs: int, shuffle: bool, seed: int, loss_fn: Callable[..., Tuple[torch.Tensor, Dict[str, torch.Tensor]]],
+    ) -> Tuple[Dict[str, float], int]:
+        """Epochs over global mini-batches of ``mini_batch_rows`` rows; one optimizer step each.
+
+        ``loss_fn(counts, mb, output)`` returns this micro-batch's additive loss share and metric shares (values
+        that SUM to the mini-batch metric over micro-batches and DP ranks). Returns (metrics averaged over the
+        optimizer steps, including ``grad_norm`` and ``lr``, number of steps). The lr scheduler is NOT stepped
+        here (the caller steps it once per training step, as verl).
+        """
+        if self.optimizer is None:
+            raise RuntimeError("this engine has no optimizer (a frozen reference model cannot be updated)")
+        ranks = Ranks.current()
+        num_rows, width = tensors["responses"].shape
+        gen = torch.Generator().manual_seed(seed)
+        totals: Dict[str, float] = {}
+        steps = 0
+        for _ in range(epochs):
+            order = torch.randperm(num_rows, generator=gen) if shuffle else None
+            for rows in batching.mini_batch_rows(num_rows, mini_batch_rows, ranks.dp, ranks.dp_size, order):
+                metrics = self._train_step(tensors, keys, plan, rows, width, ranks, loss_fn)
+                for k, v in metrics.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                steps += 1
+        return {k: v / max(steps, 1) for k, v in totals.items()}, steps
+
+    def _train_step(self, tensors, keys, plan, rows, width, ranks: Ranks, loss_fn) -> Dict[str, float]:
+        from ttrl_megatron.megatron.optimizer import current_lr
+
+        local = {k: tensors[k][rows] for k in keys}
+        mask = response_mask_of(local)
+        counts_vec = all_reduce_dp_sum(torch.tensor(
+            [float(mask.sum()), float((mask.sum(-1) > 0).sum())], dtype=torch.float64))
+        counts = GlobalCounts(tokens=float(counts_vec[0]), seqs=float(counts_vec[1]))
+        mbs = [batching.trim_columns(local, r, width, keys)
+               for r in plan.split(local["attention_mask"], torch.arange(rows.numel()), width)]
+        for chunk in self.model:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        lr = current_lr(self.optimizer)
+        outs = run_schedule(self.model, mbs, partial(loss_fn, counts), forward_only=False, dp_size=ranks.dp_size)
+        _, grad_norm, _ = self.optimizer.step()
+        if grad_norm is None or self.optim_config.clip_grad == 0:
+            grad_norm = self.optimizer.get_grad_norm()
+        names = sorted(outs[0]) if outs else []
+        names = _agree_on_names(names)
+        local_sums = torch.tensor([sum(float(o[n]) for o in outs) for n in names], dtype=torch.float64)
+        summed = sum_over_dp_last_stage(local_sums)
+        metrics = {n: float(v) for n, v in zip(names, summed)}
+        metrics["grad_norm"], metrics["lr"] = float(grad_norm), lr
+        return metrics
+
+
+def _agree_on_names(names: List[str]) -> List[str]:
+    """Metric names as seen by the last pipeline stage, on every rank (other stages see no outputs)."""
+    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+        return names
+    box = [names if parallel_state.is_pipeline_last_stage() else None]
+    dist.broadcast_object_list(
+        box, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+        group=parallel_state.get_pipeline_model_parallel_group(),
+    )
+    return box[0]

@@ -1,0 +1,146 @@
+"""Megatron DDP wrapping, optimizer (Adam/AdamW, optional distributed optimizer) and lr schedule for an engine.
+
+- ``wrap_ddp``: megatron-core ``DistributedDataParallel`` around each model chunk (fp32 grad buffers, no overlap),
+  and ``finalize_model_grads`` as the config hook, which all-reduces grads over DP and, under PP with tied
+  embeddings, over the embedding group.
+- ``build_optimizer``: ``get_megatron_optimizer`` with gradient clipping by global norm (``clip_grad``; 0 = off),
+  decoupled weight decay (AdamW) skipped for biases and 1-D parameters (megatron's standard rule).
+- ``build_scheduler``: megatron's ``OptimizerParamScheduler`` stepped once per ``update`` call (verl's unit: one
+  training step): linear warmup over ``lr_warmup_steps`` (or ``lr_warmup_steps_ratio * total_training_steps``)
+  from ``lr_warmup_init``, then ``constant`` / ``cosine`` / ``linear`` decay to ``min_lr`` (or
+  ``lr * min_lr_ratio``) at ``total_training_steps``. As in megatron (and verl), the step at warmup progress 0
+  uses ``lr_warmup_init``.
+
+Imports megatron.core; must not import vllm, hydra or the trainer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+LR_DECAY_STYLES = ("constant", "cosine", "linear")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer + lr schedule of one engine (verl: ``actor_rollout_ref.actor.optim.*`` / ``critic.optim.*``).
+
+    ``prefix`` only shapes error messages (the config path the user would change).
+    """
+
+    lr: float = 1e-6
+    weight_decay: float = 0.01
+    betas: Tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    clip_grad: float = 1.0  # max global grad norm; 0 disables clipping
+    lr_warmup_steps: int = -1  # -1: use lr_warmup_steps_ratio
+    lr_warmup_steps_ratio: float = 0.0
+    lr_warmup_init: float = 0.0
+    lr_decay_style: str = "constant"
+    min_lr: Optional[float] = None  # absolute; wins over min_lr_ratio
+    min_lr_ratio: float = 0.0
+    total_training_steps: int = -1  # set by the trainer; needed for warmup ratios and decay
+    use_distributed_optimizer: bool = False
+    prefix: str = "optim"
+
+    def validate(self) -> None:
+        p = self.prefix
+        if not self.lr > 0:
+            raise ValueError(f"{p}.lr must be > 0, got {self.lr}")
+        if self.lr_decay_style not in LR_DECAY_STYLES:
+            raise ValueError(f"{p}.lr_decay_style={self.lr_decay_style!r} (verl alias: warmup_style) is not one of "
+                             f"{LR_DECAY_STYLES}")
+        if not 0.0 <= self.lr_warmup_steps_ratio <= 1.0:
+            raise ValueError(f"{p}.lr_warmup_steps_ratio must be in [0, 1], got {self.lr_warmup_steps_ratio}")
+        if self.clip_grad < 0:
+            raise ValueError(f"{p}.clip_grad (actor.grad_clip) must be >= 0, got {self.clip_grad}")
+        needs_total = self.lr_decay_style != "constant" or (self.lr_warmup_steps < 0 and self.lr_warmup_steps_ratio > 0)
+        if needs_total and self.total_training_steps <= 0:
+            raise ValueError(
+                f"{p}.total_training_steps must be set (> 0) for lr_decay_style={self.lr_decay_style!r} / "
+                f"lr_warmup_steps_ratio={self.lr_warmup_steps_ratio}; the trainer fills it from the epoch count"
+            )
+
+    def warmup_steps(self) -> int:
+        if self.lr_warmup_steps >= 0:
+            return self.lr_warmup_steps
+        return int(self.lr_warmup_steps_ratio * max(self.total_training_steps, 0))
+
+    def final_lr(self) -> float:
+        return self.min_lr if self.min_lr is not None else self.lr * self.min_lr_ratio
+
+
+def wrap_ddp(model_chunks: Sequence[torch.nn.Module], use_distributed_optimizer: bool) -> List[DistributedDataParallel]:
+    """Megatron DDP around each chunk; sets ``finalize_model_grads`` as the schedule's gradient hook.
+
+    Gradients are scaled by 1/dp and summed (megatron's default); the engine's loss scaling undoes the 1/dp.
+    """
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=use_distributed_optimizer,
+        average_in_collective=False,
+    )
+    wrapped = []
+    for i, chunk in enumerate(model_chunks):
+        wrapped.append(DistributedDataParallel(
+            config=chunk.config, ddp_config=ddp_config, module=chunk,
+            disable_bucketing=i > 0,  # as megatron's training loop: only the first chunk may bucket
+        ))
+    config = model_chunks[0].config
+    config.finalize_model_grads_func = finalize_model_grads
+    config.grad_scale_func = None  # fp32 training: no loss scaling
+    return wrapped
+
+
+def build_optimizer(cfg: OptimConfig, ddp_chunks: Sequence[DistributedDataParallel]):
+    """megatron ``get_megatron_optimizer`` over the DDP-wrapped chunks (Adam, decoupled weight decay)."""
+    cfg.validate()
+    params_dtype = ddp_chunks[0].module.config.params_dtype
+    opt_config = OptimizerConfig(
+        optimizer="adam",
+        lr=cfg.lr,
+        min_lr=cfg.final_lr(),
+        weight_decay=cfg.weight_decay,
+        adam_beta1=cfg.betas[0],
+        adam_beta2=cfg.betas[1],
+        adam_eps=cfg.eps,
+        clip_grad=cfg.clip_grad,
+        use_distributed_optimizer=cfg.use_distributed_optimizer,
+        params_dtype=params_dtype,
+        bf16=params_dtype == torch.bfloat16,
+        fp16=params_dtype == torch.float16,
+    )
+    return get_megatron_optimizer(opt_config, list(ddp_chunks))
+
+
+def build_scheduler(cfg: OptimConfig, optimizer) -> OptimizerParamScheduler:
+    """megatron ``OptimizerParamScheduler`` for ``cfg`` (steps counted in ``update`` calls)."""
+    cfg.validate()
+    warmup = cfg.warmup_steps()
+    decay_steps = max(cfg.total_training_steps, warmup + 1, 1)
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=cfg.lr_warmup_init,
+        max_lr=cfg.lr,
+        min_lr=cfg.final_lr(),
+        lr_warmup_steps=warmup,
+        lr_decay_steps=decay_steps,
+        lr_decay_style=cfg.lr_decay_style,
+        start_wd=cfg.weight_decay,
+        end_wd=cfg.weight_decay,
+        wd_incr_steps=decay_steps,
+        wd_incr_style="constant",
+        use_checkpoint_opt_param_scheduler=True,
+        override_opt_param_scheduler=False,
+    )
+
+
+def current_lr(optimizer) -> float:
+    """The learning rate the next ``optimizer.step()`` uses (first param group)."""
+    return float(optimizer.param_groups[0]["lr"])
