@@ -80,8 +80,9 @@ def factorize_index(index, num_rows: int, device: torch.device | str | None = No
         device: device of the returned tensor (default: the tensor's own device, or CPU).
 
     Returns:
-        (group_ids [N] int64 with values in [0, G), G). Equal ids get equal numbers; the numbering order is
-        deterministic but otherwise unspecified.
+        (group_ids [N] int64 with values in [0, G), G). Equal ids get equal numbers. The numbering order is
+        unspecified (string ids are bucketed by hash, which Python salts per process); no estimator's result depends
+        on it.
     """
     if isinstance(index, torch.Tensor):
         ids = index

@@ -93,6 +93,30 @@ def test_index_types_agree(index):
     assert torch.equal(adv, expected)
 
 
+class CollidingId:
+    """Distinct ids that all share one hash: forces factorize_index off its hash path onto the exact fallback."""
+
+    def __init__(self, key):
+        self.key = key
+
+    def __hash__(self):
+        return 1
+
+    def __eq__(self, other):
+        return self.key == other.key
+
+    def __lt__(self, other):
+        return self.key < other.key
+
+
+def test_hash_collisions_fall_back_to_exact_grouping():
+    rewards, mask = outcome_batch(SCORES, LENGTHS)
+    expected, _ = compute_grpo_outcome_advantage(rewards, mask, INDEX)
+    colliding = np.array([CollidingId(k) for k in INDEX], dtype=object)
+    adv, _ = compute_grpo_outcome_advantage(rewards, mask, colliding)
+    assert torch.equal(adv, expected)
+
+
 def test_bad_index_and_shapes_raise():
     rewards, mask = outcome_batch(SCORES, LENGTHS)
     with pytest.raises(ValueError, match="index"):
