@@ -80,7 +80,7 @@ def _unknown_keys(node, schema: type, prefix: str) -> list[str]:
         if key not in fields:
             found.append(path)
         elif dataclasses.is_dataclass(hints.get(key)):
-            found += _unknown_keys(node._get_node(key), hints[key], path + ".")
+            found += _unknown_keys(node[key], hints[key], path + ".")
     return found
 
 
