@@ -18,6 +18,17 @@ where ``estimator_cfg`` holds gamma, lam, norm_adv_by_std_in_grpo and the estima
 algorithm.grpo_nsr's positive_weight / negative_weight / correctness_threshold), and the tensors are added when the
 estimator lists them (values for gae, reward_baselines for remax, token_level_scores for grpo_nsr / psr_nsr).
 
+Differences from verl a porter should know (all deliberate):
+- No estimator takes verl's ``config`` object; pass the values as keyword arguments (grpo_passk reads
+  ``norm_adv_by_std_in_grpo`` from its argument, not from config).
+- Group statistics are float64 and a uniform group gives exactly 0 even when its common score is not exactly
+  representable (verl's float32 mean of e.g. seven 0.1s leaves a ~1e-8 residual that the std division can amplify).
+- ``rloo`` keeps verl's loop semantics (a singleton keeps its score); ``grpo_vectorized`` / ``rloo_vectorized`` are
+  not registered (grpo/rloo already are vectorized).
+- ``psr_nsr`` takes ``positive_weight`` / ``negative_weight`` / ``correctness_threshold`` and uses token_level_scores
+  for correctness instead of asserting 0/1 rewards.
+- Outcome estimators accept ``out=`` to reuse a [B, T] buffer across steps.
+
 Pure torch/numpy; must not import torch.distributed, megatron, vllm, hydra or omegaconf.
 """
 

@@ -69,6 +69,8 @@ def test_agg_loss_scale_factor_nan_padding_and_errors():
     for mode in LOSS_AGG_MODES:
         assert torch.isfinite(agg_loss(padded, MASK, mode))
     assert agg_loss(LOSS, torch.zeros_like(MASK), "token-mean").item() == 0.0
+    half = agg_loss(LOSS.to(torch.bfloat16), MASK, "token-mean", global_num_tokens=1001)
+    assert half.dtype == torch.float32 and half.item() == pytest.approx(21.0 / 1001)  # 1001 is not a bf16 number
     with pytest.raises(ValueError, match="loss_agg_mode"):
         agg_loss(LOSS, MASK, "token-sum")
     with pytest.raises(ValueError, match="loss_mask"):
