@@ -1,0 +1,206 @@
+"""HF safetensors <-> a (TP/PP-sharded) megatron-core GPTModel, one tensor at a time.
+
+- `load_hf_weights(model, hf_dir)`: every rank reads, lazily with `safe_open`, only the HF tensors its PP stage holds
+  and writes its TP slice into its parameters (bridge/names.py decides names, fused rows and padding). The whole
+  checkpoint is validated first (names and shapes, from the safetensors headers): a missing, extra or mis-shaped
+  tensor raises one error naming it, before any weight is touched.
+- `iter_hf_weights(model)`: yields `(hf_name, full tensor)` in HF layout on every rank: the owning PP stage gathers
+  the TP shards, then broadcasts over the PP group (shapes come from the mapping, so no metadata exchange).
+  Converters run it at TP=PP=1 where it does no communication.
+
+Imports megatron.core (through the model) and torch.distributed; the mapping rules stay in bridge/names.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import ExitStack
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from safetensors import safe_open
+
+from ttrl_megatron.bridge import names as N
+from ttrl_megatron.megatron.arch import ModelArchConfig
+
+INDEX_FILE = "model.safetensors.index.json"
+
+
+class CheckpointMismatchError(ValueError):
+    """Weights that do not fit the model; the message names the first offending tensor (and shapes)."""
+
+
+def norm_naming(model: torch.nn.Module) -> str:
+    """'local' when the model's norms are separate modules (local layer spec), 'te' when fused (TE spec)."""
+    return "local" if any(n.endswith("input_layernorm.weight") for n, _ in model.named_parameters()) else "te"
+
+
+def arch_facts(arch: ModelArchConfig, padded_vocab_size: int, naming: str = "local") -> N.ArchFacts:
+    """ModelArchConfig (+ Megatron's padded vocab and norm naming) -> the mapping's plain `ArchFacts`."""
+    return N.ArchFacts(
+        num_layers=arch.num_layers, hidden_size=arch.hidden_size, num_attention_heads=arch.num_attention_heads,
+        num_query_groups=arch.num_query_groups, head_dim=arch.head_dim, ffn_hidden_size=arch.intermediate_size,
+        vocab_size=arch.vocab_size, padded_vocab_size=padded_vocab_size,
+        tie_word_embeddings=arch.tie_word_embeddings, qkv_bias=arch.add_qkv_bias, norm_naming=naming)
+
+
+def model_arch_facts(model: torch.nn.Module) -> N.ArchFacts:
+    """`ArchFacts` of a model built by `build_gpt_model` (it carries `ttrl_arch`; GPTModel keeps `vocab_size`)."""
+    return arch_facts(model.ttrl_arch, model.vocab_size, norm_naming(model))
+
+
+def _layout() -> tuple[int, int, int, int]:
+    return (parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_tensor_model_parallel_world_size(),
+            parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_pipeline_model_parallel_world_size())
+
+
+# --- reading HF checkpoints ------------------------------------------------------------------------------------
+
+def hf_weight_files(hf_dir: str) -> dict[str, str]:
+    """HF tensor name -> safetensors file path (from the index when present, else from every *.safetensors)."""
+    index = os.path.join(hf_dir, INDEX_FILE)
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        return {name: os.path.join(hf_dir, file) for name, file in weight_map.items()}
+    files = sorted(f for f in os.listdir(hf_dir) if f.endswith(".safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors files in {hf_dir} (only safetensors checkpoints are supported)")
+    out = {}
+    for file in files:
+        with safe_open(os.path.join(hf_dir, file), framework="pt") as f:
+            out.update({name: os.path.join(hf_dir, file) for name in f.keys()})
+    return out
+
+
+def validate_hf_checkpoint(hf_dir: str, facts: N.ArchFacts) -> dict[str, str]:
+    """Check names and shapes of an HF checkpoint against the config without reading tensor data.
+
+    Returns name -> file for the tensors to load (a tied model's redundant `lm_head.weight`, when present, is left
+    out). Raises CheckpointMismatchError naming the first missing, unexpected or mis-shaped tensor."""
+    files = hf_weight_files(hf_dir)
+    if facts.tie_word_embeddings:
+        files.pop("lm_head.weight", None)  # some tied checkpoints store the alias; the embedding is the truth
+    expected = N.expected_hf_shapes(facts)
+    extra = [n for n in files if n not in expected]
+    if extra:
+        raise CheckpointMismatchError(f"{hf_dir}: unexpected tensor {extra[0]!r} (in {os.path.basename(files[extra[0]])}"
+                                      f"), not part of this config's model ({len(extra)} unexpected in total)")
+    missing = [n for n in expected if n not in files]
+    if missing:
+        raise CheckpointMismatchError(f"{hf_dir}: tensor {missing[0]!r} with shape {expected[missing[0]]} is missing "
+                                      f"({len(missing)} missing in total)")
+    with ExitStack() as stack:
+        handles = {}
+        for name, want in expected.items():
+            path = files[name]
+            if path not in handles:
+                handles[path] = stack.enter_context(safe_open(path, framework="pt"))
+            shape = tuple(handles[path].get_slice(name).get_shape())
+            if shape != want:
+                raise CheckpointMismatchError(f"{hf_dir}: tensor {name!r} has shape {shape} in "
+                                              f"{os.path.basename(path)}, the config implies {want}")
+    return files
+
+
+def hf_checkpoint_dtype(hf_dir: str) -> torch.dtype:
+    """dtype of the (first) floating tensor stored in the HF checkpoint."""
+    dtypes = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+    for name, path in hf_weight_files(hf_dir).items():
+        with safe_open(path, framework="pt") as f:
+            code = f.get_slice(name).get_dtype()
+        if code not in dtypes:
+            raise CheckpointMismatchError(f"{hf_dir}: tensor {name!r} has dtype {code}; supported: {sorted(dtypes)}")
+        return dtypes[code]
+    raise FileNotFoundError(f"no tensors in {hf_dir}")
+
+
+# --- HF -> Megatron ------------------------------------------------------------------------------------------
+
+def load_hf_weights(model: torch.nn.Module, hf_dir: str, progress: bool = False) -> None:
+    """Fill this rank's GPTModel stage with the HF checkpoint in `hf_dir` (streamed tensor by tensor)."""
+    facts = model_arch_facts(model)
+    tp_rank, tp_size, pp_rank, pp_size = _layout()
+    files = validate_hf_checkpoint(hf_dir, facts)
+    params = dict(model.named_parameters())
+    written: set[str] = set()
+    names = [n for n in N.expected_hf_shapes(facts) if _stage_needs(n, facts, pp_rank, pp_size)]
+    with ExitStack() as stack, torch.no_grad():
+        handles: dict[str, object] = {}
+        for name in _progress(names, progress, "HF -> Megatron"):
+            path = files[name]
+            if path not in handles:
+                handles[path] = stack.enter_context(safe_open(path, framework="pt"))
+            tensor = handles[path].get_tensor(name)
+            for piece in N.hf_to_megatron_shard(name, tensor, facts, tp_rank, tp_size):
+                local = N.to_local_name(piece.megatron_name, facts, pp_rank, pp_size)
+                if local is None or (piece.tied_copy and local not in params):
+                    continue
+                if local not in params:
+                    raise CheckpointMismatchError(f"{name}: maps to Megatron parameter {local!r}, which this model "
+                                                  "stage does not have (layer spec / config mismatch?)")
+                _write(params[local], piece, name)
+                written.add(local)
+    unfilled = sorted(set(params) - written)
+    if unfilled:
+        raise CheckpointMismatchError(f"Megatron parameter {unfilled[0]!r} got no HF weight "
+                                      f"({len(unfilled)} unfilled in total)")
+
+
+def _stage_needs(hf_name: str, facts: N.ArchFacts, pp_rank: int, pp_size: int) -> bool:
+    mg = N.hf_to_megatron_name(hf_name, facts)[0]
+    if mg == N.EMBEDDING and facts.tie_word_embeddings and pp_rank == pp_size - 1:
+        return True  # the last stage keeps its own copy of a tied embedding as output layer
+    return N.owning_stage(mg, facts, pp_size) == pp_rank
+
+
+def _write(param: torch.Tensor, piece: N.ShardPiece, hf_name: str) -> None:
+    target = param.data if piece.rows is None else param.data[piece.rows]
+    if tuple(target.shape) != tuple(piece.data.shape):
+        raise CheckpointMismatchError(f"{hf_name}: slice of shape {tuple(piece.data.shape)} does not fit "
+                                      f"{piece.megatron_name} rows of shape {tuple(target.shape)}")
+    if piece.rows is None:
+        param.data.copy_(piece.data)
+    else:
+        param.data.index_copy_(0, piece.rows, piece.data.to(param.dtype))
+
+
+# --- Megatron -> HF ------------------------------------------------------------------------------------------
+
+def iter_hf_weights(model: torch.nn.Module, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield `(hf_name, tensor)` for the whole model in HF layout (unpadded vocab, split qkv/fc1, tied: no
+    lm_head) on every rank. Collective: every rank of the model-parallel group must iterate it to the end."""
+    facts = model_arch_facts(model)
+    tp_rank, tp_size, pp_rank, pp_size = _layout()
+    params = dict(model.named_parameters())
+    dtype = next(iter(params.values())).dtype
+    for spec in _progress(N.param_specs(facts), progress, "Megatron -> HF"):
+        owner = N.owning_stage(spec.megatron_name, facts, pp_size)
+        if owner == pp_rank:
+            local = params[N.to_local_name(spec.megatron_name, facts, pp_rank, pp_size)].data
+            full = _gather_tp(spec.megatron_name, local, tp_size)
+        else:
+            full = torch.empty(N.megatron_full_shape(spec, facts), dtype=dtype)
+        if pp_size > 1:
+            group = parallel_state.get_pipeline_model_parallel_group()
+            dist.broadcast(full, src=dist.get_global_rank(group, owner), group=group)
+        yield from N.megatron_full_to_hf(spec.megatron_name, full, facts)
+
+
+def _gather_tp(megatron_name: str, local: torch.Tensor, tp_size: int) -> torch.Tensor:
+    if tp_size == 1 or N.tp_split_dim(megatron_name) is None:
+        return local
+    shards = [torch.empty_like(local) for _ in range(tp_size)]
+    dist.all_gather(shards, local.contiguous(), group=parallel_state.get_tensor_model_parallel_group())
+    return N.gather_shards(megatron_name, shards)
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="tensor")
