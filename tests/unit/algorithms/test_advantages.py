@@ -72,11 +72,16 @@ def test_grpo_mean_only_baseline():
     assert row_values(adv, mask) == pytest.approx([1 / 3, -2 / 3, 1 / 3, 0.0, 0.0, 0.7], abs=1e-6)
 
 
-def test_uniform_group_is_exactly_zero_for_inexact_floats():
-    # 0.1 * 7 summed and divided by 7 is not exactly 0.1 in float; the uniform rule must still give 0.
-    rewards, mask = outcome_batch([0.1] * 7, [2] * 7)
-    adv, _ = compute_grpo_outcome_advantage(rewards, mask, np.zeros(7, dtype=np.int64))
-    assert torch.count_nonzero(adv) == 0
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_uniform_group_is_exactly_zero_for_inexact_floats(dtype):
+    # sum of seven 0.1s divided by 7 is not exactly 0.1 (float64: off by 1.4e-17, float32 stats: 7e-9, which
+    # divided by std + eps would give ~0.007); the uniform rule must still give exactly 0.
+    _, mask = outcome_batch([0.0] * 7, [2] * 7)
+    rewards = scores_to_token_level(torch.full((7,), 0.1, dtype=dtype), mask)
+    assert (rewards.sum(-1).sum() / 7).item() != rewards.sum(-1)[0].item() or dtype == torch.float32
+    for fn in (compute_grpo_outcome_advantage, compute_rloo_outcome_advantage, compute_opo_outcome_advantage):
+        adv, _ = fn(rewards, mask, np.zeros(7, dtype=np.int64))
+        assert torch.count_nonzero(adv) == 0, fn.__name__
 
 
 @pytest.mark.parametrize("index", [
