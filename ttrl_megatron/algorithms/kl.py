@@ -142,7 +142,9 @@ def apply_kl_penalty(token_level_scores: torch.Tensor, old_log_prob: torch.Tenso
         mean KL, and ``actor/reward_kl_penalty_coeff`` = beta used. The controller is updated with ``n_steps = B``.
         Call it on the whole step batch: a per-shard call would update the controller once per shard.
     """
-    kld = _kl_penalty(old_log_prob, ref_log_prob, kl_penalty) * response_mask
+    kld = _kl_penalty(old_log_prob, ref_log_prob, kl_penalty)
+    # where(): log-probs of padding may be -inf, and -inf * 0 would put NaN into the rewards
+    kld = torch.where(response_mask != 0, kld, torch.zeros((), dtype=kld.dtype, device=kld.device)) * response_mask
     beta = kl_ctrl.value
     token_level_rewards = token_level_scores - beta * kld
     current_kl = masked_mean(kld, response_mask, axis=-1).mean().item()

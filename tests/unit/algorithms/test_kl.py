@@ -110,3 +110,12 @@ def test_apply_kl_penalty_golden_and_controller_update():
     assert ctrl.value == pytest.approx(0.1 * (1 - 0.2 * 2 / 100))  # e clipped to -0.2, n_steps = 2 rows
     for before, after in zip(inputs, (scores, old, ref, mask)):
         assert torch.equal(before, after)
+
+
+def test_apply_kl_penalty_ignores_non_finite_padding():
+    mask = torch.tensor([[1.0, 0.0]])
+    old = torch.tensor([[-1.0, float("-inf")]])
+    ref = torch.tensor([[-1.5, float("nan")]])
+    rewards, metrics = apply_kl_penalty(torch.tensor([[1.0, 0.0]]), old, ref, mask, FixedKLController(0.1))
+    torch.testing.assert_close(rewards, torch.tensor([[1.0 - 0.05, 0.0]]))
+    assert metrics["actor/reward_kl_penalty"] == pytest.approx(0.5)
