@@ -8,7 +8,10 @@ The baseline is a plain implementation of the same formula that loops over rows 
 to write each row's advantage (the pattern of verl's original GRPO), then broadcasts over the mask. The library
 functions run twice: writing into a preallocated, reused ``out`` buffer (how a trainer calls them step after step), and
 allocating a fresh [N, T] output (pays ~0.1 s of page faults on first touch, see PLATFORM.md). Both sides use the
-same inputs and one thread; runs are interleaved and the best of each is reported (medians are printed too). Prints a last line ``RESULT {json}``. ``--small`` runs a quick 4,096 x 256 version.
+same inputs and one thread; runs are interleaved and the best of each is reported (medians are printed too).
+What bounds the vectorized side is memory bandwidth: one read of the rewards (row sums; grpo_nsr also reads the scores),
+one read of the mask and one write of the output, ~0.75 GiB per call. Prints a last line ``RESULT {json}``.
+``--small`` runs a quick 4,096 x 256 version.
 """
 
 from __future__ import annotations

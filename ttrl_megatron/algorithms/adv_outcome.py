@@ -59,7 +59,8 @@ def compute_grpo_outcome_advantage(token_level_rewards, response_mask, index, ep
     Singleton group: mean 0, std 1 (a lone row keeps ``s_i / (1 + eps)``). Uniform group: 0. std is unbiased.
     ``norm_adv_by_std_in_grpo=False`` gives the mean-only baseline ``s_i - mean_g`` (Dr.GRPO).
 
-    Args: token_level_rewards, response_mask [B, T]; index [B] group ids. Returns (advantages, returns) [B, T], same tensor.
+    Args: token_level_rewards, response_mask [B, T]; index [B] group ids.
+    Returns: (advantages, returns) [B, T], the same tensor.
     """
     check_token_tensors(token_level_rewards, response_mask)
     a = _grpo_row_advantage(token_level_rewards.sum(dim=-1), index, epsilon, norm_adv_by_std_in_grpo)

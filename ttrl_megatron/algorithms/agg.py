@@ -50,7 +50,8 @@ def agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str
     Returns: a 0-dim tensor (float32 for half-precision inputs, else the input dtype).
     """
     if loss_agg_mode not in LOSS_AGG_MODES:
-        raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r} (actor.loss_agg_mode); valid: {', '.join(LOSS_AGG_MODES)}")
+        raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r} (actor.loss_agg_mode); "
+                         f"valid: {', '.join(LOSS_AGG_MODES)}")
     if loss_mat.shape != loss_mask.shape or loss_mat.dim() != 2:
         raise ValueError(f"loss_mat and loss_mask must both be [B, T], got {tuple(loss_mat.shape)} and "
                          f"{tuple(loss_mask.shape)}")
@@ -58,7 +59,8 @@ def agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str
     dtype = torch.promote_types(loss_mat.dtype, torch.float32)
     mask = loss_mask.to(dtype)
     # where() first: padding positions may hold inf/NaN (e.g. logprobs of pad tokens) and 0 * inf is NaN.
-    masked = torch.where(loss_mask != 0, loss_mat.to(dtype), torch.zeros((), dtype=dtype, device=loss_mat.device)) * mask
+    zero = torch.zeros((), dtype=dtype, device=loss_mat.device)
+    masked = torch.where(loss_mask != 0, loss_mat.to(dtype), zero) * mask
     if loss_agg_mode == "token-mean":
         return masked.sum() / _denominator(global_num_tokens, mask.sum())
     seq_sums = masked.sum(dim=-1)

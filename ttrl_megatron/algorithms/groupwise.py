@@ -124,8 +124,10 @@ def group_stats(scores: torch.Tensor, group_ids: torch.Tensor, num_groups: int) 
     count_g = torch.bincount(group_ids, minlength=num_groups)
     n = count_g.to(torch.float64)
     mean_g = segment_sum(s, group_ids, num_groups) / n.clamp_min(1)
-    lo = torch.full((num_groups,), float("inf"), dtype=s.dtype, device=s.device).scatter_reduce_(0, group_ids, s, "amin")
-    hi = torch.full((num_groups,), float("-inf"), dtype=s.dtype, device=s.device).scatter_reduce_(0, group_ids, s, "amax")
+    lo = torch.full((num_groups,), float("inf"), dtype=s.dtype, device=s.device)
+    lo.scatter_reduce_(0, group_ids, s, "amin")
+    hi = torch.full((num_groups,), float("-inf"), dtype=s.dtype, device=s.device)
+    hi.scatter_reduce_(0, group_ids, s, "amax")
     uniform = lo == hi
     mean_g = torch.where(uniform, lo, mean_g)
     # Two-pass variance (deviations from the group mean): stable for large scores, unlike E[x^2] - E[x]^2.
@@ -135,7 +137,8 @@ def group_stats(scores: torch.Tensor, group_ids: torch.Tensor, num_groups: int) 
     single = count_g == 1
     mean_g = torch.where(single, torch.zeros_like(mean_g), mean_g)
     std_g = torch.where(single, torch.ones_like(std_g), std_g)
-    return GroupStats(count=count_g[group_ids], mean=mean_g[group_ids], std=std_g[group_ids], uniform=uniform[group_ids])
+    return GroupStats(count=count_g[group_ids], mean=mean_g[group_ids], std=std_g[group_ids],
+                      uniform=uniform[group_ids])
 
 
 def broadcast_rows(row_values: torch.Tensor, response_mask: torch.Tensor, dtype: torch.dtype,

@@ -101,8 +101,8 @@ class AdaptiveKLController:
 
 def _check_state_type(state: dict[str, Any], kind: str) -> None:
     if state.get("type") != kind:
-        raise ValueError(f"KL controller checkpoint holds a {state.get('type')!r} controller, but algorithm.kl_ctrl.type "
-                         f"is {kind!r}; make them match")
+        raise ValueError(f"KL controller checkpoint holds a {state.get('type')!r} controller, but "
+                         f"algorithm.kl_ctrl.type is {kind!r}; make them match")
 
 
 def get_kl_controller(kl_ctrl, kl_coef: float | None = None, horizon: int | None = None,
@@ -110,7 +110,7 @@ def get_kl_controller(kl_ctrl, kl_coef: float | None = None, horizon: int | None
     """Build a controller from ``algorithm.kl_ctrl``.
 
     ``kl_ctrl`` is either the type name (``"fixed"`` / ``"adaptive"``, then pass the numbers as arguments) or a
-    config object with attributes ``type, kl_coef, horizon, target_kl`` (verl's call ``get_kl_controller(cfg.kl_ctrl)``).
+    config object with attributes ``type, kl_coef, horizon, target_kl`` (verl's ``get_kl_controller(cfg.kl_ctrl)``).
     """
     if isinstance(kl_ctrl, str):
         kind = kl_ctrl

@@ -14,7 +14,8 @@ def _key(name_or_enum) -> str:
     """Accept a plain string or an Enum member (verl registers with ``AdvantageEstimator.GRPO``)."""
     key = getattr(name_or_enum, "value", name_or_enum)
     if not isinstance(key, str) or not key:
-        raise TypeError(f"registry names must be non-empty strings (or Enum members with a str value), got {name_or_enum!r}")
+        raise TypeError(f"registry names must be non-empty strings (or Enum members with a str value), "
+                        f"got {name_or_enum!r}")
     return key
 
 

@@ -325,7 +325,8 @@ def loop_reference(scores, index, kind):
     return out
 
 
-@pytest.mark.parametrize("kind,fn", [("grpo", compute_grpo_outcome_advantage), ("rloo", compute_rloo_outcome_advantage)])
+@pytest.mark.parametrize("kind,fn", [("grpo", compute_grpo_outcome_advantage),
+                                     ("rloo", compute_rloo_outcome_advantage)])
 def test_random_groups_match_loop_reference(kind, fn):
     gen = torch.Generator().manual_seed(1)
     n = 300

@@ -1,4 +1,4 @@
-"""agg_loss (incl. the sharding property), policy losses, value loss, entropy and masked helpers (reference §1.4-§1.7)."""
+"""agg_loss (incl. the sharding property), policy losses, value loss, entropy, masked helpers (ref. §1.4-§1.7)."""
 
 import math
 import statistics
