@@ -64,7 +64,7 @@ def compute_grpo_outcome_advantage(token_level_rewards, response_mask, index, ep
     """
     check_token_tensors(token_level_rewards, response_mask)
     a = _grpo_row_advantage(token_level_rewards.sum(dim=-1), index, epsilon, norm_adv_by_std_in_grpo)
-    adv = broadcast_rows(a, response_mask, token_level_rewards.dtype, out)
+    adv = broadcast_rows(a, response_mask, token_level_rewards.dtype, out, (token_level_rewards,))
     return adv, adv
 
 
@@ -87,7 +87,7 @@ def compute_grpo_nsr_outcome_advantage(token_level_rewards, response_mask, index
     if positive_weight != 1.0 or negative_weight != 1.0:
         scores = token_level_rewards if token_level_scores is None else token_level_scores
         a = torch.where(correct_rows(scores, correctness_threshold), a * positive_weight, a * negative_weight)
-    adv = broadcast_rows(a, response_mask, token_level_rewards.dtype, out)
+    adv = broadcast_rows(a, response_mask, token_level_rewards.dtype, out, (token_level_rewards, token_level_scores))
     return adv, adv
 
 
@@ -126,7 +126,7 @@ def compute_rloo_outcome_advantage(token_level_rewards, response_mask, index, *,
     n = stats.count.to(torch.float64)
     scale = n / (n - 1).clamp_min(1)
     a = torch.where(stats.count > 1, s * scale - stats.mean * scale, s)
-    adv = broadcast_rows(a, response_mask, token_level_rewards.dtype, out)
+    adv = broadcast_rows(a, response_mask, token_level_rewards.dtype, out, (token_level_rewards,))
     return adv, adv
 
 
@@ -160,7 +160,7 @@ def compute_opo_outcome_advantage(token_level_rewards, response_mask, index, *, 
     baseline = torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(den))[group_ids]
     baseline = torch.where(stats.uniform, s, baseline)  # exact 0 for uniform groups despite rounding
     baseline = torch.where(stats.count > 1, baseline, torch.zeros_like(baseline))
-    adv = broadcast_rows(s - baseline, response_mask, token_level_rewards.dtype, out)
+    adv = broadcast_rows(s - baseline, response_mask, token_level_rewards.dtype, out, (token_level_rewards,))
     return adv, adv
 
 
@@ -175,7 +175,8 @@ def compute_gpg_outcome_advantage(token_level_rewards, response_mask, index, f_n
     centered = scores.to(torch.float64) - group_stats(scores, group_ids, num_groups).mean
     if alpha is None:
         alpha = scores.shape[0] / max(int(torch.count_nonzero(scores)), 1)
-    adv = broadcast_rows(alpha * centered / f_norm, response_mask, token_level_rewards.dtype, out)
+    adv = broadcast_rows(alpha * centered / f_norm, response_mask, token_level_rewards.dtype, out,
+                         (token_level_rewards,))
     return adv, adv
 
 
@@ -203,5 +204,5 @@ def compute_grpo_passk_outcome_advantage(token_level_rewards, response_mask, ind
     if norm_adv_by_std_in_grpo:
         gap = gap / (group_stats(scores, group_ids, num_groups).std[best] + epsilon)
     a = torch.zeros_like(s).index_copy_(0, best, gap)
-    adv = broadcast_rows(a, response_mask, token_level_rewards.dtype, out)
+    adv = broadcast_rows(a, response_mask, token_level_rewards.dtype, out, (token_level_rewards,))
     return adv, adv

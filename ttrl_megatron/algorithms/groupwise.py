@@ -142,11 +142,12 @@ def group_stats(scores: torch.Tensor, group_ids: torch.Tensor, num_groups: int) 
 
 
 def broadcast_rows(row_values: torch.Tensor, response_mask: torch.Tensor, dtype: torch.dtype,
-                   out: torch.Tensor | None = None) -> torch.Tensor:
+                   out: torch.Tensor | None = None, inputs: tuple = ()) -> torch.Tensor:
     """``row_values[:, None] * response_mask`` as a [N, T] tensor of ``dtype``, optionally written into ``out``.
 
     Passing a reused ``out`` buffer avoids the page faults of a fresh [N, T] allocation, which dominate the cost of an
-    outcome estimator at large N x T (see bench/bench_advantages.py).
+    outcome estimator at large N x T (see bench/bench_advantages.py). ``out`` may not share memory with
+    ``response_mask`` or any tensor in ``inputs`` (inputs are never modified).
     """
     col = row_values.to(dtype).unsqueeze(-1)
     if out is None:
@@ -157,8 +158,9 @@ def broadcast_rows(row_values: torch.Tensor, response_mask: torch.Tensor, dtype:
                 f"out must be a {dtype} tensor of shape {tuple(response_mask.shape)} on {response_mask.device}, "
                 f"got {out.dtype} {tuple(out.shape)} on {out.device}"
             )
-        if out.data_ptr() == response_mask.data_ptr():
-            raise ValueError("out must not alias response_mask (inputs are never modified)")
+        for tensor in (response_mask, *inputs):
+            if tensor is not None and out.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr():
+                raise ValueError("out must not share memory with an input tensor (inputs are never modified)")
     if response_mask.dtype == torch.bool:
         torch.where(response_mask, col, torch.zeros((), dtype=dtype, device=col.device), out=out)
     else:

@@ -406,3 +406,6 @@ def test_compute_advantage_rejects_unused_and_missing_arguments():
         compute_advantage("grpo", token_level_rewards=tensors["r"], response_mask=tensors["m"])
     with pytest.raises(ValueError, match="out must"):
         compute_advantage("grpo", out=torch.empty(3, 3), **kwargs)
+    rewards = kwargs.pop("token_level_rewards").clone()
+    with pytest.raises(ValueError, match="share memory"):
+        compute_advantage("grpo", token_level_rewards=rewards, out=rewards, **kwargs)
