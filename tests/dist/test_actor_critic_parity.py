@@ -88,7 +88,7 @@ def reference_steps(named_params, batch, mini_batch_rows, loss_of, optim):
     params = [p for _, p in named_params]
     opt = _adamw(named_params, optim)
     losses, norms = [], []
-    for start in range(0, B, mini_batch_rows):
+    for start in range(0, batch["input_ids"].shape[0], mini_batch_rows):
         mb = {k: v[start:start + mini_batch_rows] for k, v in batch.items()}
         loss = loss_of(mb)
         opt.zero_grad()
@@ -204,7 +204,10 @@ def _rank_checks(hf_dir: str, tp: int, pp: int, variant: dict) -> dict:
     # 2. update_policy: 2 mini-batches, fixed micro-batches; then the same with dynamic micro-batches
     batch["old_log_probs"] = hf_lp + batch["noise0"]
     batch["ref_log_prob"] = hf_lp + batch["noise1"]
-    optim = OptimConfig(lr=1e-3, weight_decay=0.5, clip_grad=variant["clip"], betas=(0.9, 0.99), eps=1e-3)
+    # eps=1e-3: with eps ~1e-8 Adam's first steps are ~lr*sign(grad), which amplifies fp32 noise of near-zero
+    # gradients past 1e-5 and hides the gradient's scale; a larger eps keeps the update proportional to it.
+    optim = OptimConfig(lr=1e-3, weight_decay=0.5, clip_grad=variant["clip"], betas=(0.9, 0.99), eps=1e-3,
+                        use_distributed_optimizer=variant["distopt"])
     actor_cfg = ActorEngineConfig(ppo_mini_batch_size=2, rows_per_prompt=2, ppo_micro_batch_size_per_gpu=variant["micro"],
                                   loss_agg_mode=variant["agg"], entropy_coeff=0.01, use_kl_loss=True,
                                   kl_loss_coef=0.1, kl_loss_type="low_var_kl", clip_ratio=0.2)
@@ -249,10 +252,11 @@ def _rank_checks(hf_dir: str, tp: int, pp: int, variant: dict) -> dict:
 
 
 LAYOUTS = {
-    # tp, pp, variant (micro-batch rows per rank, loss_agg_mode, clip). Mini-batch = 4 rows: DP=2 gives 2 per rank.
-    "tp2": (2, 1, dict(micro=2, agg="token-mean", clip=1.0)),
-    "pp2": (1, 2, dict(micro=1, agg="seq-mean-token-mean", clip=0.05)),
-    "dp2": (1, 1, dict(micro=1, agg="seq-mean-token-sum-norm", clip=1.0)),
+    # tp, pp, variant (micro-batch rows per rank, loss_agg_mode, grad clip, distributed optimizer).
+    # Mini-batch = 4 rows: DP=2 gives 2 per rank.
+    "tp2": (2, 1, dict(micro=2, agg="token-mean", clip=1.0, distopt=False)),
+    "pp2": (1, 2, dict(micro=1, agg="seq-mean-token-mean", clip=0.05, distopt=False)),
+    "dp2": (1, 1, dict(micro=1, agg="seq-mean-token-sum-norm", clip=1.0, distopt=True)),
 }
 
 

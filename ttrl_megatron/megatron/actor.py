@@ -38,7 +38,8 @@ from ttrl_megatron.algorithms import agg_loss, compute_policy_loss, kl_penalty
 from ttrl_megatron.algorithms.agg import LOSS_AGG_MODES
 from ttrl_megatron.megatron.batching import MicroBatch
 from ttrl_megatron.megatron.engine import (
-    BatchingConfig, GlobalCounts, RoleEngine, require_keys, response_logprobs, response_mask_of,
+    BatchingConfig, GlobalCounts, RoleEngine, build_model_chunks, reject_unsupported, require_keys, response_logprobs,
+    response_mask_of,
 )
 from ttrl_megatron.megatron.optimizer import OptimConfig
 from ttrl_megatron.protocol import DataProto
@@ -55,6 +56,12 @@ class LogProbConfig:
     max_token_len_per_gpu: int = 16384
     temperature: float = 1.0  # the rollout's sampling temperature (logits / T), as vLLM applies it
     prefix: str = "actor_rollout_ref.rollout"
+
+    @classmethod
+    def from_config(cls, section, temperature: float, prefix: str) -> "LogProbConfig":
+        """From ``config.RolloutConfig`` (actor's old log-probs) or ``config.RefConfig`` (reference log-probs)."""
+        return cls(section.log_prob_micro_batch_size_per_gpu, bool(section.log_prob_use_dynamic_bsz),
+                   section.log_prob_max_token_len_per_gpu, temperature, prefix)
 
     def batching(self) -> BatchingConfig:
         return BatchingConfig(self.micro_batch_size_per_gpu, self.use_dynamic_bsz, self.max_token_len_per_gpu,
@@ -91,6 +98,25 @@ class ActorEngineConfig:
     seed: int = 42  # shuffling between epochs and clip_cov's random token choice (same on every rank)
     prefix: str = "actor_rollout_ref.actor"
 
+    @classmethod
+    def from_config(cls, actor, rows_per_prompt: int, prefix: str = "actor_rollout_ref.actor") -> "ActorEngineConfig":
+        """From ``config.ActorConfig``; ``rows_per_prompt`` = ``actor_rollout_ref.rollout.n`` (training rows per
+        prompt; with TTRL that is ttrl.n_samples_per_prompt). Unsupported megatron knobs raise here."""
+        reject_unsupported(actor.megatron, f"{prefix}.megatron", trainable=True)
+        pl = actor.policy_loss
+        return cls(
+            ppo_mini_batch_size=actor.ppo_mini_batch_size, rows_per_prompt=rows_per_prompt,
+            ppo_micro_batch_size_per_gpu=actor.ppo_micro_batch_size_per_gpu, use_dynamic_bsz=actor.use_dynamic_bsz,
+            ppo_max_token_len_per_gpu=actor.ppo_max_token_len_per_gpu, ppo_epochs=actor.ppo_epochs,
+            shuffle=actor.shuffle, clip_ratio=actor.clip_ratio, clip_ratio_low=actor.clip_ratio_low,
+            clip_ratio_high=actor.clip_ratio_high, clip_ratio_c=actor.clip_ratio_c, loss_agg_mode=actor.loss_agg_mode,
+            loss_scale_factor=actor.loss_scale_factor, entropy_coeff=actor.entropy_coeff,
+            use_kl_loss=actor.use_kl_loss, kl_loss_coef=actor.kl_loss_coef, kl_loss_type=actor.kl_loss_type,
+            loss_mode=pl.loss_mode, clip_cov_ratio=pl.clip_cov_ratio, clip_cov_lb=pl.clip_cov_lb,
+            clip_cov_ub=pl.clip_cov_ub, kl_cov_ratio=pl.kl_cov_ratio, ppo_kl_coef=pl.ppo_kl_coef,
+            seed=actor.megatron.seed, prefix=prefix,
+        )
+
     def validate(self) -> None:
         p = self.prefix
         for name in ("ppo_mini_batch_size", "rows_per_prompt", "ppo_epochs"):
@@ -122,6 +148,9 @@ class MegatronActor:
         log_prob: LogProbConfig,
         config: Optional[ActorEngineConfig] = None,
         optim: Optional[OptimConfig] = None,
+        *,
+        gradient_checkpointing: bool = False,
+        param_offload: bool = False,
     ):
         if (config is None) != (optim is None):
             raise ValueError("MegatronActor: pass both config and optim (actor) or neither (frozen reference)")
@@ -131,7 +160,8 @@ class MegatronActor:
         if config is not None:
             config.validate()
         self.log_prob_config, self.config = log_prob, config
-        self.engine = RoleEngine(model_chunks, optim)
+        self.engine = RoleEngine(model_chunks, optim, gradient_checkpointing=gradient_checkpointing,
+                                 param_offload=param_offload)
 
     # -- checkpoint hooks (megatron/checkpoint.py builds the dist_checkpointing dict from these) -----------------
     @property
@@ -145,6 +175,14 @@ class MegatronActor:
     @property
     def scheduler(self):
         return self.engine.scheduler
+
+    def sharded_state_dict(self, for_loading: bool = False):
+        """Model (+ optimizer + lr scheduler) state for megatron dist_checkpointing (see RoleEngine)."""
+        return self.engine.sharded_state_dict(for_loading)
+
+    def load_state_dict(self, state) -> None:
+        """Restore from ``dist_checkpointing.load(self.sharded_state_dict(for_loading=True), dir)``."""
+        self.engine.load_state_dict(state)
 
     # -- forward-only -----------------------------------------------------------------------------------------------
     def compute_log_prob(self, data: DataProto, calculate_entropy: bool = False
@@ -235,3 +273,26 @@ class MegatronActor:
             z = logits if grad else logits.detach()
             scaled = mask_padded_vocab(z.float() / self.log_prob_config.temperature, self.engine.arch.vocab_size)
             return vocab_parallel_entropy(scaled)
+
+
+def build_actor(model, actor, rollout, prefix: str = "actor_rollout_ref") -> MegatronActor:
+    """The trainable actor from ``config.ModelConfig``, ``config.ActorConfig`` and ``config.RolloutConfig``
+    (old log-probs use the rollout's temperature and log_prob_* micro-batching, as verl).
+
+    ``model.use_remove_padding`` is accepted either way: padding columns are always trimmed per micro-batch;
+    token packing (THD) is not used (megatron's local attention cannot take packed sequences without TE).
+    """
+    engine_cfg = ActorEngineConfig.from_config(actor, rollout.n, f"{prefix}.actor")
+    optim = OptimConfig.from_config(actor.optim, actor.megatron.use_distributed_optimizer, f"{prefix}.actor.optim")
+    log_prob = LogProbConfig.from_config(rollout, rollout.temperature, f"{prefix}.rollout")
+    chunks = build_model_chunks(model.path, actor.megatron.dtype)
+    return MegatronActor(chunks, log_prob, engine_cfg, optim,
+                         gradient_checkpointing=model.enable_gradient_checkpointing)
+
+
+def build_reference(model, ref, rollout, dtype: str, prefix: str = "actor_rollout_ref") -> MegatronActor:
+    """The frozen reference policy (no optimizer) from ``config.ModelConfig`` and ``config.RefConfig``;
+    ``dtype`` = ``actor.megatron.dtype``."""
+    reject_unsupported(ref.megatron, f"{prefix}.ref.megatron", trainable=False)
+    log_prob = LogProbConfig.from_config(ref, rollout.temperature, f"{prefix}.ref")
+    return MegatronActor(build_model_chunks(model.path, dtype), log_prob, param_offload=ref.megatron.param_offload)

@@ -26,7 +26,10 @@ import torch
 from ttrl_megatron.algorithms import compute_value_loss, masked_mean
 from ttrl_megatron.algorithms.agg import LOSS_AGG_MODES
 from ttrl_megatron.megatron.batching import MicroBatch
-from ttrl_megatron.megatron.engine import BatchingConfig, GlobalCounts, RoleEngine, require_keys, response_mask_of, unwrap
+from ttrl_megatron.megatron.engine import (
+    BatchingConfig, GlobalCounts, RoleEngine, build_model_chunks, reject_unsupported, require_keys, response_mask_of,
+    unwrap,
+)
 from ttrl_megatron.megatron.optimizer import OptimConfig
 from ttrl_megatron.protocol import DataProto
 
@@ -48,8 +51,20 @@ class CriticEngineConfig:
     cliprange_value: float = 0.5
     loss_agg_mode: str = "token-mean"
     loss_scale_factor: Optional[float] = None  # seq-mean-token-sum-norm divisor; None = the response width R
-    seed: int = 42
+    seed: int = 42  # shuffling between epochs (same on every rank)
     prefix: str = "critic"
+
+    @classmethod
+    def from_config(cls, critic, rows_per_prompt: int, prefix: str = "critic") -> "CriticEngineConfig":
+        """From ``config.CriticConfig`` (inherited nulls already resolved by the config); unsupported knobs raise."""
+        reject_unsupported(critic.megatron, f"{prefix}.megatron", trainable=True)
+        return cls(
+            ppo_mini_batch_size=critic.ppo_mini_batch_size, rows_per_prompt=rows_per_prompt,
+            ppo_micro_batch_size_per_gpu=critic.ppo_micro_batch_size_per_gpu,
+            use_dynamic_bsz=bool(critic.use_dynamic_bsz), ppo_max_token_len_per_gpu=critic.ppo_max_token_len_per_gpu,
+            ppo_epochs=critic.ppo_epochs, shuffle=bool(critic.shuffle), cliprange_value=critic.cliprange_value,
+            loss_agg_mode=critic.loss_agg_mode, prefix=prefix,
+        )
 
     def validate(self) -> None:
         p = self.prefix
@@ -101,12 +116,13 @@ class MegatronCritic:
     """A value model on megatron-core with its optimizer. ``model_chunks``: this rank's value-model stage(s)
     (``build_gpt_model(arch, value_head=True)``), weights loaded."""
 
-    def __init__(self, model_chunks: Sequence[torch.nn.Module], config: CriticEngineConfig, optim: OptimConfig):
+    def __init__(self, model_chunks: Sequence[torch.nn.Module], config: CriticEngineConfig, optim: OptimConfig, *,
+                 gradient_checkpointing: bool = False):
         if not getattr(unwrap(model_chunks[0]), "ttrl_value_head", False):
             raise ValueError("MegatronCritic needs a value model: build_gpt_model(arch, value_head=True)")
         config.validate()
         self.config = config
-        self.engine = RoleEngine(model_chunks, optim)
+        self.engine = RoleEngine(model_chunks, optim, gradient_checkpointing=gradient_checkpointing)
 
     @property
     def model(self):
@@ -119,6 +135,14 @@ class MegatronCritic:
     @property
     def scheduler(self):
         return self.engine.scheduler
+
+    def sharded_state_dict(self, for_loading: bool = False):
+        """Model (+ optimizer + lr scheduler) state for megatron dist_checkpointing (see RoleEngine)."""
+        return self.engine.sharded_state_dict(for_loading)
+
+    def load_state_dict(self, state) -> None:
+        """Restore from ``dist_checkpointing.load(self.sharded_state_dict(for_loading=True), dir)``."""
+        self.engine.load_state_dict(state)
 
     def compute_values(self, data: DataProto) -> torch.Tensor:
         """``values [B, R]`` (state value before each response token) on every rank; 0 where response_mask is 0."""
@@ -160,3 +184,12 @@ def _response_values(output: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
     """``[b, T', 1]`` head output -> ``[b, R']`` values at positions P'-1 .. P'+R'-2 (fp32)."""
     p, r = mb.prompt_width, mb.response_width
     return output[:, p - 1: p + r - 1, 0].float()
+
+
+def build_critic(critic, rows_per_prompt: int, dtype: str, prefix: str = "critic") -> MegatronCritic:
+    """The critic from ``config.CriticConfig``: value model initialised from ``critic.model.path`` (HF causal LM
+    trunk + zero value head); ``dtype`` = ``actor.megatron.dtype``; ``rows_per_prompt`` = rollout.n."""
+    cfg = CriticEngineConfig.from_config(critic, rows_per_prompt, prefix)
+    optim = OptimConfig.from_config(critic.optim, critic.megatron.use_distributed_optimizer, f"{prefix}.optim")
+    chunks = build_model_chunks(critic.model.path, dtype, value_head=True)
+    return MegatronCritic(chunks, cfg, optim, gradient_checkpointing=critic.model.enable_gradient_checkpointing)

@@ -17,6 +17,7 @@ Imports megatron.core; must not import vllm, hydra or the trainer.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
@@ -40,6 +41,13 @@ _PAD_LOGIT = -1.0e30
 
 # A loss function of one micro-batch: (micro-batch, last-stage model output) -> (loss share or None, outputs).
 LossFn = Callable[[MicroBatch, torch.Tensor], Tuple[Optional[torch.Tensor], Dict[str, torch.Tensor]]]
+
+
+def device() -> torch.device:
+    """Where the model computes and where collectives run: the current GPU with CUDA (NCCL), else the CPU (gloo)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -136,7 +144,8 @@ def response_logprobs(
 
 def _forward_step(loss_fn: LossFn, scale: float, data_iterator, model):
     mb: MicroBatch = next(data_iterator)
-    t = mb.tensors
+    dev = device()
+    mb.tensors = t = {k: v.to(dev, non_blocking=True) for k, v in mb.tensors.items()}
     position_ids, mask = left_padded_inputs(t["attention_mask"])
     output = model(t["input_ids"], position_ids, mask)
 
@@ -192,13 +201,13 @@ def broadcast_from_last_stage(tensor: torch.Tensor) -> torch.Tensor:
     """Copy the last pipeline stage's ``tensor`` to every stage (same shape and dtype expected everywhere)."""
     if parallel_state.get_pipeline_model_parallel_world_size() == 1:
         return tensor
-    tensor = tensor.contiguous()
+    tensor = tensor.to(device()).contiguous()
     dist.broadcast(
         tensor,
         src=parallel_state.get_pipeline_model_parallel_last_rank(),
         group=parallel_state.get_pipeline_model_parallel_group(),
     )
-    return tensor
+    return tensor.cpu()
 
 
 def all_gather_dp_rows(tensor: torch.Tensor) -> torch.Tensor:
@@ -206,9 +215,10 @@ def all_gather_dp_rows(tensor: torch.Tensor) -> torch.Tensor:
     dp_size = parallel_state.get_data_parallel_world_size()
     if dp_size == 1:
         return tensor
+    tensor = tensor.to(device()).contiguous()
     parts = [torch.empty_like(tensor) for _ in range(dp_size)]
-    dist.all_gather(parts, tensor.contiguous(), group=parallel_state.get_data_parallel_group())
-    return torch.cat(parts, dim=0)
+    dist.all_gather(parts, tensor, group=parallel_state.get_data_parallel_group())
+    return torch.cat(parts, dim=0).cpu()
 
 
 def sum_over_dp_last_stage(values: torch.Tensor) -> torch.Tensor:
@@ -217,20 +227,20 @@ def sum_over_dp_last_stage(values: torch.Tensor) -> torch.Tensor:
     One all-reduce over the whole world: non-last stages contribute zeros and every TP rank holds the same
     values, so the world sum divided by the TP size is the DP sum of the last stage.
     """
-    values = values.to(torch.float64)
+    values = values.to(device(), torch.float64)
     if not parallel_state.is_pipeline_last_stage():
         values = torch.zeros_like(values)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(values)
-    return values / parallel_state.get_tensor_model_parallel_world_size()
+    return values.cpu() / parallel_state.get_tensor_model_parallel_world_size()
 
 
 def all_reduce_dp_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum ``values`` over the data-parallel group (e.g. token counts of each rank's share of a mini-batch)."""
-    values = values.clone()
+    values = values.to(device()).clone()
     if parallel_state.get_data_parallel_world_size() > 1:
         dist.all_reduce(values, group=parallel_state.get_data_parallel_group())
-    return values
+    return values.cpu()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -289,21 +299,73 @@ class RoleEngine:
     ``forward_rows`` (forward-only over this rank's DP share, results on every rank) and ``train`` (epochs x
     mini-batches x micro-batches, one optimizer step per mini-batch)."""
 
-    def __init__(self, model_chunks: Sequence[torch.nn.Module], optim: Optional["OptimConfig"]):
+    def __init__(
+        self, model_chunks: Sequence[torch.nn.Module], optim: Optional["OptimConfig"], *,
+        gradient_checkpointing: bool = False, param_offload: bool = False,
+    ):
+        """``model_chunks``: this rank's GPTModel stage(s), weights loaded. ``optim=None`` = frozen model.
+
+        gradient_checkpointing: megatron full activation recompute, one layer per checkpoint (verl:
+        ``model.enable_gradient_checkpointing``). param_offload: frozen models only, and only with CUDA: parameters
+        live in host memory and visit the GPU for each ``forward_rows`` call.
+        """
         from ttrl_megatron.megatron import optimizer as opt
 
         self.arch = unwrap(model_chunks[0]).ttrl_arch
         self.optim_config = optim
+        config = model_chunks[0].config
+        if gradient_checkpointing:
+            # Read by TransformerBlock at forward time, so setting them on the built model's config is enough.
+            config.recompute_granularity, config.recompute_method, config.recompute_num_layers = "full", "uniform", 1
+        if param_offload and (optim is not None or not torch.cuda.is_available()):
+            raise ValueError("param_offload is supported for the frozen reference model on a CUDA machine only "
+                             "(set actor_rollout_ref.ref.megatron.param_offload=False)")
+        self.param_offload = param_offload
+        if config.bf16 or config.fp16:  # megatron's half-precision wrapper: casts inputs, returns fp32 outputs
+            from megatron.core.transformer.module import Float16Module
+
+            model_chunks = [Float16Module(config, chunk) for chunk in model_chunks]
         if optim is None:  # frozen (reference policy): no grads, no DDP, no optimizer
             for chunk in model_chunks:
                 chunk.requires_grad_(False)
                 chunk.eval()
+                if param_offload:
+                    chunk.to("cpu")
             self.model, self.optimizer, self.scheduler = list(model_chunks), None, None
         else:
             optim.validate()
             self.model = opt.wrap_ddp(model_chunks, optim.use_distributed_optimizer)
             self.optimizer = opt.build_optimizer(optim, self.model)
             self.scheduler = opt.build_scheduler(optim, self.optimizer)
+
+    def sharded_state_dict(self, for_loading: bool = False) -> Dict[str, object]:
+        """dist_checkpointing state of this role: ``model`` (per chunk ``model0``..), ``optimizer``, ``scheduler``.
+
+        Model entries are megatron ShardedTensors (resharding-safe); the optimizer's are built from them, as
+        megatron's own checkpointing does. Frozen models return only the model part. Pass ``for_loading=True``
+        for the template given to ``dist_checkpointing.load``: it creates the optimizer state (Adam moments)
+        that a fresh optimizer does not have yet, so that there is something to load into.
+        """
+        state: Dict[str, object] = {}
+        model_sd = {}
+        for i, chunk in enumerate(self.model):
+            model_sd[f"model{i}"] = unwrap(chunk).sharded_state_dict()
+        state["model"] = model_sd
+        if self.optimizer is not None:
+            flat = {}
+            for sd in model_sd.values():
+                flat.update(sd)
+            state["optimizer"] = self.optimizer.sharded_state_dict(flat, is_loading=for_loading)
+            state["scheduler"] = self.scheduler.state_dict()
+        return state
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        """Restore what ``sharded_state_dict`` described, as returned by ``dist_checkpointing.load``."""
+        for i, chunk in enumerate(self.model):
+            unwrap(chunk).load_state_dict(state["model"][f"model{i}"])
+        if self.optimizer is not None and "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
 
     def forward_rows(
         self, tensors: Dict[str, torch.Tensor], keys: Sequence[str], plan: BatchingConfig, loss_fn: LossFn,
@@ -320,17 +382,31 @@ class RoleEngine:
         local = {k: tensors[k][rows] for k in keys}
         mbs = [batching.trim_columns(local, r, width, keys)
                for r in plan.split(local["attention_mask"], torch.arange(rows.numel()), width)]
-        with torch.no_grad():
+        with torch.no_grad(), self._on_device():
             outs = run_schedule(self.model, mbs, loss_fn, forward_only=True)
         mask = response_mask_of(local).to(torch.float32)
         result = {}
         for key in out_keys:
             if ranks.is_last_stage:
-                value = batching.scatter_rows(mbs, [o[key].float() for o in outs], rows.numel(), width) * mask
+                value = batching.scatter_rows(mbs, [o[key].float().cpu() for o in outs], rows.numel(), width) * mask
             else:
                 value = torch.empty(rows.numel(), width, dtype=torch.float32)
             result[key] = all_gather_dp_rows(broadcast_from_last_stage(value))
         return result
+
+    @contextlib.contextmanager
+    def _on_device(self):
+        """Bring offloaded parameters to the GPU for the duration of a forward pass (no-op without offload)."""
+        if not self.param_offload:
+            yield
+            return
+        for chunk in self.model:
+            chunk.to(torch.cuda.current_device())
+        try:
+            yield
+        finally:
+            for chunk in self.model:
+                chunk.to("cpu")
 
     def train(
         self, tensors: Dict[str, torch.Tensor], keys: Sequence[str], plan: BatchingConfig, mini_batch_rows: int,
@@ -396,3 +472,53 @@ def _agree_on_names(names: List[str]) -> List[str]:
         group=parallel_state.get_pipeline_model_parallel_group(),
     )
     return box[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# construction from the typed config (ttrl_megatron.config sections)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_model_chunks(hf_dir: str, dtype: str, *, value_head: bool = False) -> List[torch.nn.Module]:
+    """This rank's model stage(s) for the HF checkpoint ``hf_dir``, weights loaded (a value model gets the HF
+    trunk and a zero value head). Needs megatron's parallel state (``parallel.init_distributed``)."""
+    from ttrl_megatron.megatron.arch import ModelArchConfig
+    from ttrl_megatron.megatron.hf_io import load_hf_weights
+    from ttrl_megatron.megatron.model import build_gpt_model
+
+    if dtype not in DTYPES:
+        raise ValueError(f"megatron.dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    model = build_gpt_model(ModelArchConfig.from_hf(hf_dir), value_head=value_head, params_dtype=DTYPES[dtype])
+    if value_head:
+        from ttrl_megatron.megatron.critic import load_critic_weights
+
+        load_critic_weights(model, hf_dir)
+    else:
+        load_hf_weights(model, hf_dir)
+    return [model]
+
+
+def reject_unsupported(megatron, prefix: str, *, trainable: bool) -> None:
+    """One clear error for a ``*.megatron`` knob this engine cannot honour (checked when an engine is built).
+
+    ``megatron`` is ``config.MegatronConfig`` (actor) or ``config.RoleMegatronConfig`` (ref, critic).
+    """
+    offloads = [n for n in ("param_offload", "optimizer_offload", "grad_offload") if getattr(megatron, n)]
+    if trainable and offloads:
+        raise ValueError(f"{prefix}.{offloads[0]}=True is not implemented for a trained model (actor/critic) in this "
+                         "megatron engine; set it False (only the frozen reference supports param_offload, on GPU)")
+    if not trainable and set(offloads) - {"param_offload"}:
+        raise ValueError(f"{prefix}: only param_offload applies to the frozen reference model; got {offloads}")
+    from ttrl_megatron.config import MegatronConfig
+
+    if isinstance(megatron, MegatronConfig):
+        if megatron.virtual_pipeline_model_parallel_size not in (None, 1):
+            raise ValueError(f"{prefix}.virtual_pipeline_model_parallel_size="
+                             f"{megatron.virtual_pipeline_model_parallel_size}: the interleaved schedule is not "
+                             "supported by this engine yet; set it to null")
+        if megatron.context_parallel_size != 1:
+            raise ValueError(f"{prefix}.context_parallel_size={megatron.context_parallel_size}: only 1 is supported")
+        if megatron.sequence_parallel:
+            raise ValueError(f"{prefix}.sequence_parallel=True is not supported by this engine (needs TE/Apex norms "
+                             "and sequence-sharded activations); set it False")

@@ -6,10 +6,10 @@
 - ``build_optimizer``: ``get_megatron_optimizer`` with gradient clipping by global norm (``clip_grad``; 0 = off),
   decoupled weight decay (AdamW) skipped for biases and 1-D parameters (megatron's standard rule).
 - ``build_scheduler``: megatron's ``OptimizerParamScheduler`` stepped once per ``update`` call (verl's unit: one
-  training step): linear warmup over ``lr_warmup_steps`` (or ``lr_warmup_steps_ratio * total_training_steps``)
-  from ``lr_warmup_init``, then ``constant`` / ``cosine`` / ``linear`` decay to ``min_lr`` (or
-  ``lr * min_lr_ratio``) at ``total_training_steps``. As in megatron (and verl), the step at warmup progress 0
-  uses ``lr_warmup_init``.
+  training step): linear warmup from 0 over ``lr_warmup_steps`` (or ``lr_warmup_steps_ratio *
+  total_training_steps``), then ``constant`` / ``cosine`` / ``linear`` decay (``warmup_style``, verl's name) to
+  ``lr * min_lr_ratio`` at ``total_training_steps``. As in megatron (and verl), the first step of a warmup uses
+  lr 0.
 
 Imports megatron.core; must not import vllm, hydra or the trainer.
 """
@@ -24,45 +24,59 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 LR_DECAY_STYLES = ("constant", "cosine", "linear")
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass
 class OptimConfig:
     """Optimizer + lr schedule of one engine (verl: ``actor_rollout_ref.actor.optim.*`` / ``critic.optim.*``).
 
+    ``warmup_style`` is verl's name for the schedule AFTER warmup (megatron's ``lr_decay_style``).
     ``prefix`` only shapes error messages (the config path the user would change).
     """
 
     lr: float = 1e-6
+    optimizer: str = "adam"  # adam (AdamW: decoupled weight decay) | sgd
     weight_decay: float = 0.01
     betas: Tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     clip_grad: float = 1.0  # max global grad norm; 0 disables clipping
     lr_warmup_steps: int = -1  # -1: use lr_warmup_steps_ratio
     lr_warmup_steps_ratio: float = 0.0
-    lr_warmup_init: float = 0.0
-    lr_decay_style: str = "constant"
-    min_lr: Optional[float] = None  # absolute; wins over min_lr_ratio
+    warmup_style: str = "constant"
     min_lr_ratio: float = 0.0
     total_training_steps: int = -1  # set by the trainer; needed for warmup ratios and decay
     use_distributed_optimizer: bool = False
     prefix: str = "optim"
 
+    @classmethod
+    def from_config(cls, optim, use_distributed_optimizer: bool, prefix: str) -> "OptimConfig":
+        """From ``ttrl_megatron.config.OptimConfig`` (every value taken from there: one default per setting)."""
+        return cls(lr=optim.lr, optimizer=optim.optimizer, weight_decay=optim.weight_decay, betas=tuple(optim.betas),
+                   eps=optim.eps, clip_grad=optim.clip_grad, lr_warmup_steps=optim.lr_warmup_steps,
+                   lr_warmup_steps_ratio=optim.lr_warmup_steps_ratio, warmup_style=optim.warmup_style,
+                   min_lr_ratio=optim.min_lr_ratio, total_training_steps=optim.total_training_steps,
+                   use_distributed_optimizer=bool(use_distributed_optimizer), prefix=prefix)
+
     def validate(self) -> None:
         p = self.prefix
         if not self.lr > 0:
             raise ValueError(f"{p}.lr must be > 0, got {self.lr}")
-        if self.lr_decay_style not in LR_DECAY_STYLES:
-            raise ValueError(f"{p}.lr_decay_style={self.lr_decay_style!r} (verl alias: warmup_style) is not one of "
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"{p}.optimizer={self.optimizer!r} is not one of {OPTIMIZERS}")
+        if self.warmup_style not in LR_DECAY_STYLES:
+            raise ValueError(f"{p}.warmup_style={self.warmup_style!r} (the schedule after warmup) is not one of "
                              f"{LR_DECAY_STYLES}")
         if not 0.0 <= self.lr_warmup_steps_ratio <= 1.0:
             raise ValueError(f"{p}.lr_warmup_steps_ratio must be in [0, 1], got {self.lr_warmup_steps_ratio}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"{p}.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.clip_grad < 0:
-            raise ValueError(f"{p}.clip_grad (actor.grad_clip) must be >= 0, got {self.clip_grad}")
-        needs_total = self.lr_decay_style != "constant" or (self.lr_warmup_steps < 0 and self.lr_warmup_steps_ratio > 0)
+            raise ValueError(f"{p}.clip_grad must be >= 0, got {self.clip_grad}")
+        needs_total = self.warmup_style != "constant" or (self.lr_warmup_steps < 0 and self.lr_warmup_steps_ratio > 0)
         if needs_total and self.total_training_steps <= 0:
             raise ValueError(
-                f"{p}.total_training_steps must be set (> 0) for lr_decay_style={self.lr_decay_style!r} / "
+                f"{p}.total_training_steps must be set (> 0) for warmup_style={self.warmup_style!r} / "
                 f"lr_warmup_steps_ratio={self.lr_warmup_steps_ratio}; the trainer fills it from the epoch count"
             )
 
@@ -72,7 +86,7 @@ class OptimConfig:
         return int(self.lr_warmup_steps_ratio * max(self.total_training_steps, 0))
 
     def final_lr(self) -> float:
-        return self.min_lr if self.min_lr is not None else self.lr * self.min_lr_ratio
+        return self.lr * self.min_lr_ratio
 
 
 def wrap_ddp(model_chunks: Sequence[torch.nn.Module], use_distributed_optimizer: bool) -> List[DistributedDataParallel]:
@@ -103,7 +117,7 @@ def build_optimizer(cfg: OptimConfig, ddp_chunks: Sequence[DistributedDataParall
     cfg.validate()
     params_dtype = ddp_chunks[0].module.config.params_dtype
     opt_config = OptimizerConfig(
-        optimizer="adam",
+        optimizer=cfg.optimizer,
         lr=cfg.lr,
         min_lr=cfg.final_lr(),
         weight_decay=cfg.weight_decay,
@@ -126,12 +140,12 @@ def build_scheduler(cfg: OptimConfig, optimizer) -> OptimizerParamScheduler:
     decay_steps = max(cfg.total_training_steps, warmup + 1, 1)
     return OptimizerParamScheduler(
         optimizer,
-        init_lr=cfg.lr_warmup_init,
+        init_lr=0.0,
         max_lr=cfg.lr,
         min_lr=cfg.final_lr(),
         lr_warmup_steps=warmup,
         lr_decay_steps=decay_steps,
-        lr_decay_style=cfg.lr_decay_style,
+        lr_decay_style=cfg.warmup_style,
         start_wd=cfg.weight_decay,
         end_wd=cfg.weight_decay,
         wd_incr_steps=decay_steps,
