@@ -34,7 +34,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _child(fn, rank, world_size, port, args, kwargs, results):
+def _child(fn, rank, world_size, port, args, kwargs, results, timeout_s):
+    import faulthandler
+
+    # A hung rank (e.g. waiting in a collective its peer never joins) prints every thread's stack to stderr
+    # shortly before the parent gives up, so the timeout error can be diagnosed.
+    faulthandler.dump_traceback_later(max(1.0, timeout_s - 3), exit=False)
     try:
         os.environ.update(_CHILD_ENV)
         os.environ.update(
@@ -87,7 +92,7 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout_s: float 
     os.environ.update(_CHILD_ENV)  # children inherit it before importing torch
     try:
         procs = [
-            ctx.Process(target=_child, args=(fn, r, world_size, port, args, kwargs, results), daemon=True)
+            ctx.Process(target=_child, args=(fn, r, world_size, port, args, kwargs, results, timeout_s), daemon=True)
             for r in range(world_size)
         ]
         for p in procs:
@@ -120,7 +125,9 @@ def _collect(procs, results, world_size, timeout_s) -> List[Any]:
         except queue_mod.Empty:
             if time.monotonic() > deadline:
                 missing = sorted(set(range(world_size)) - set(out))
-                raise DistributedTestError(f"ranks {missing} did not finish within {timeout_s} s") from None
+                raise DistributedTestError(
+                    f"ranks {missing} did not finish within {timeout_s} s (their stacks are in the captured stderr)"
+                ) from None
             dead = [r for r, p in enumerate(procs) if r not in out and not p.is_alive() and p.exitcode not in (None, 0)]
             if dead and results.empty():
                 time.sleep(0.5)  # a result may still be in flight through the queue's feeder thread
