@@ -22,7 +22,7 @@ import math
 from functools import lru_cache
 
 from .normalize import Normalized, is_dangerous, normalize_answer, parse_number
-from .numeric import NOT_NUMERIC, TOO_BIG, evaluate
+from .numeric import MALFORMED, NOT_NUMERIC, TOO_BIG, evaluate
 
 __all__ = ["fast_grade", "grade_answer", "symbolic_grade", "split_structure"]
 
@@ -134,7 +134,7 @@ def _fast(x: str, xp: bool, y: str, yp: bool) -> bool | None:
         return False
     if NOT_NUMERIC in (fx, fy):  # retry with letters bound to generic values: screens polynomials, 2x+3 vs 3+2x
         vx, vy = evaluate(x, True), evaluate(y, True)
-        if TOO_BIG in (vx, vy):  # (x+1)^{10000}: sympy would expand it for minutes
+        if TOO_BIG in (vx, vy) or MALFORMED in (vx, vy):  # (x+1)^{10000} would take sympy minutes; `^^^` is junk
             return False
         if isinstance(vx, float) and isinstance(vy, float):
             return None if _close(vx, vy) else False
@@ -189,6 +189,23 @@ def _sympy_equal(x: str, y: str) -> bool:
     if not (isinstance(ex, sympy.Expr) and isinstance(ey, sympy.Expr)):
         return False
     return bool(sympy.simplify(ex - ey) == 0)
+
+
+# One pair per LaTeX construct that answers use. math-verify's ANTLR parser builds its prediction cache lazily per
+# process (a cold parse of a new construct costs ~0.1-0.2 s, a warm one ~10 ms), so workers pay that once at start-up.
+WARMUP_PAIRS = (
+    (r"\frac{1}{2}", "0.5"), (r"\frac{\sqrt{3}}{2}", r"\sqrt{3}/2"), (r"2\pi", r"\pi\cdot2"), ("x^2-1", "(x-1)(x+1)"),
+    ("[1,3)", "(1,3]"), ("(2,-1)", "(-1,2)"), (r"\{1,2\}", "1,2"), (r"\text{B}", "B"), ("2^{10}", "1024"),
+    (r"\sqrt[3]{27}", "3"), (r"\binom{5}{2}", "10"), ("5!", "120"), (r"-\infty", r"\infty"), (r"\sin^2x", "1"),
+    ("y=2x+3", "2x+3"), (r"\frac{a}{b}", "a/b"), (r"1.5\times10^{3}", "1500"), (r"\log_2 8", "3"),
+)
+
+
+def warm_up() -> None:
+    """Import math-verify/sympy and fill the parser's caches (see ``WARMUP_PAIRS``). Worker start-up calls this."""
+    for given, truth in WARMUP_PAIRS:
+        symbolic_grade(given, truth)
+    _PARSE_CACHE.clear()  # keep the parser's internal caches, not our verdict-level ones
 
 
 def symbolic_grade(given_norm: str, truth_norm: str) -> bool:

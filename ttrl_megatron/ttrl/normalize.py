@@ -193,7 +193,7 @@ def is_dangerous(text: str) -> bool:
     nested, exponent towers deeper than ``MAX_EXPONENT_DEPTH``, an exponent above ``MAX_EXPONENT``, or a factorial
     of anything but a small literal. Such answers are only ever equal to an identical string (after normalization).
     Values beyond float range are caught by the evaluator."""
-    if len(text) > MAX_EVAL_LEN:
+    if len(text) > MAX_EVAL_LEN or any(c < " " or c == "\ufffd" for c in text):  # control chars: binary junk
         return True
     depth, exp_depth = _max_depths(text)
     if depth < 0 or depth > MAX_BRACE_DEPTH or exp_depth > MAX_EXPONENT_DEPTH:

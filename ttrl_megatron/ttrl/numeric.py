@@ -6,7 +6,8 @@ process, and flags inputs whose exact value is astronomically large (``9^{9^{9}}
 sympy, where they would run until killed. The evaluator never computes anything big: powers and factorials are
 checked against float range first, and the input length is bounded by the caller.
 
-Result: a float, ``NOT_NUMERIC`` (variables, functions, malformed input) or ``TOO_BIG`` (overflow, huge factorial).
+Result: a float, ``NOT_NUMERIC`` (variables, functions, no real value), ``TOO_BIG`` (overflow, huge factorial) or, when
+letters are allowed, ``MALFORMED`` (only known arithmetic tokens, yet no valid expression: ``^^^``, ``2x+``).
 Pure Python: standard library only.
 """
 
@@ -16,10 +17,11 @@ import math
 import re
 from functools import lru_cache
 
-__all__ = ["NOT_NUMERIC", "TOO_BIG", "evaluate"]
+__all__ = ["MALFORMED", "NOT_NUMERIC", "TOO_BIG", "evaluate"]
 
 NOT_NUMERIC = "not_numeric"
 TOO_BIG = "too_big"
+MALFORMED = "malformed"
 
 _TOKEN_RE = re.compile(r"\s*(\d+\.\d*|\.\d+|\d+|\\[A-Za-z]+|.)")
 _MUL_CMDS = {"\\cdot", "\\times", "*"}
@@ -28,6 +30,10 @@ _ATOM_START = {"(", "{", "\\frac", "\\sqrt", "\\pi", "\\binom"}
 
 class _NotNumeric(Exception):
     pass
+
+
+class _Undefined(_NotNumeric):
+    """A well-formed expression without a real value here (1/0, sqrt(-1), 2.5!)."""
 
 
 class _TooBig(Exception):
@@ -41,6 +47,8 @@ class _Parser:
         self.toks = [t for t in _TOKEN_RE.findall(text) if t.strip()]
         self.i = 0
         self.variables = variables
+        # a token outside the arithmetic this parser knows (\\sin, x_1, |x|, =, ...): failure is then not "malformed"
+        self.unknown = any(not _known(t, variables) for t in self.toks)
 
     def peek(self) -> str | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -77,7 +85,7 @@ class _Parser:
                 self.take()
                 den = self.unary()
                 if den == 0:
-                    raise _NotNumeric
+                    raise _Undefined
                 value /= den
             elif tok is not None and (tok in _ATOM_START or tok[0].isdigit() or tok[0] == "." or _is_var(tok)):
                 value *= self.power()  # implicit multiplication: 3\sqrt{2}, 2\pi
@@ -127,7 +135,7 @@ class _Parser:
         if tok == "\\frac":
             num, den = self.atom(), self.atom()
             if den == 0:
-                raise _NotNumeric
+                raise _Undefined
             return _finite(num / den)
         if tok == "\\sqrt":
             index = 2.0
@@ -137,12 +145,12 @@ class _Parser:
                 self.take("]")
             radicand = self.group_or_char()
             if radicand < 0 or index <= 0:
-                raise _NotNumeric
+                raise _Undefined
             return _pow(radicand, 1.0 / index)
         if tok == "\\binom":
             n, k = self.atom(), self.atom()
             if n != int(n) or k != int(k) or n < 0 or k < 0 or n > 10_000:
-                raise _TooBig if n > 10_000 else _NotNumeric
+                raise _TooBig if n > 10_000 else _Undefined
             return _finite(float(math.comb(int(n), int(k))))
         if tok == "\\pi":
             return math.pi
@@ -153,16 +161,24 @@ class _Parser:
 
 # Fixed, "generic" values for single-letter variables: two different polynomials/rational functions agree at such a
 # point only by accident, and then the symbolic grader still decides (a float match is never a final True).
-_VAR_VALUES = {c: 0.5 + ((ord(c) * 0.6180339887498949) % 1.0) * 1.37 for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"}
+# `e`, `i` (and `E`, `I`) are left out: they are usually constants (e^{i\\pi} = -1), so they stay symbolic.
+_VAR_VALUES = {c: 0.5 + ((ord(c) * 0.6180339887498949) % 1.0) * 1.37
+               for c in "abcdfghjklmnopqrstuvwxyzABCDFGHJKLMNOPQRSTUVWXYZ"}
+_KNOWN_CMDS = {"\\frac", "\\sqrt", "\\pi", "\\binom", "\\div", "\\cdot", "\\times"}
 
 
 def _is_var(tok: str) -> bool:
-    return len(tok) == 1 and tok.isalpha() and tok.isascii()
+    return tok in _VAR_VALUES
+
+
+def _known(tok: str, variables: bool) -> bool:
+    return (tok[0].isdigit() or tok[0] == "." or tok in "+-*/^!()[]{}" or tok in _KNOWN_CMDS
+            or (variables and _is_var(tok)))
 
 
 def _finite(x: float) -> float:
     if math.isnan(x):
-        raise _NotNumeric
+        raise _Undefined
     if math.isinf(x):
         raise _TooBig
     return x
@@ -173,13 +189,13 @@ def _pow(base: float, exponent: float) -> float:
         return _finite(math.pow(base, exponent))
     except OverflowError:
         raise _TooBig from None
-    except ValueError:  # negative base with a fractional exponent: complex
-        raise _NotNumeric from None
+    except (ValueError, ZeroDivisionError):  # complex (negative base, fractional exponent) or 0^-1
+        raise _Undefined from None
 
 
 def _factorial(x: float) -> float:
     if x != int(x) or x < 0:
-        raise _NotNumeric
+        raise _Undefined
     if x > 170:  # 171! overflows a float; sympy would compute it exactly, slowly for big x
         raise _TooBig
     return float(math.factorial(int(x)))
@@ -193,9 +209,16 @@ def evaluate(text: str, variables: bool = False) -> float | str:
     evaluate equal and ``2x+3`` and ``2x+4`` do not: a cheap screen before symbolic grading."""
     if len(text) > 1000:
         return NOT_NUMERIC
+    parser = _Parser(text, variables)
     try:
-        return _Parser(text, variables).parse()
+        return parser.parse()
     except _TooBig:
         return TOO_BIG
-    except (_NotNumeric, ValueError, ZeroDivisionError, RecursionError, OverflowError):
+    except _Undefined:
+        return NOT_NUMERIC
+    except _NotNumeric:
+        # Every token was known arithmetic (letters included) and it still did not parse: the input is malformed
+        # (`^^^`, `2x+`, `{}`), not something a symbolic grader could make sense of.
+        return MALFORMED if variables and not parser.unknown else NOT_NUMERIC
+    except (ValueError, ZeroDivisionError, RecursionError, OverflowError):
         return NOT_NUMERIC

@@ -146,7 +146,7 @@ class GradingPool:
         timeout_s: default per-pair deadline, counted from when a worker receives the pair.
         start_timeout_s: how long a worker may take to import math-verify/sympy and report ready.
         memory_limit_mb: address-space limit of each worker (0 = none); hostile input then fails, not the machine.
-        cache_size: number of normalized-pair verdicts remembered across calls (timeouts included).
+        cache_size: number of normalized-pair verdicts remembered across calls (timeouts are not remembered).
     """
 
     def __init__(self, num_workers: int = 2, timeout_s: float = 5.0, start_timeout_s: float = 60.0,
@@ -219,6 +219,8 @@ class GradingPool:
         if todo:
             keys = list(todo)
             for key, verdict in zip(keys, self._run_jobs(keys, timeout_s)):
+                if verdict is None:  # timeout / dead worker: "not equal" now, but not remembered (load may pass)
+                    continue
                 if len(self._cache) >= self.cache_size:
                     self._cache.clear()
                 self._cache[key] = verdict
@@ -278,73 +280,94 @@ class GradingPool:
                 job = running.pop(w)[0]
                 results[job] = frame[1]
 
-    def _run_jobs(self, keys: list[tuple[str, str]], timeout_s: float) -> list[bool]:
-        """Grade normalized pairs on the workers; one job per worker at a time, deadline per job."""
-        results: list[bool] = [False] * len(keys)
-        pending = deque(range(len(keys)))
-        held = self._checkout(min(self.num_workers, len(keys)), block=True)
-        running: dict[_Worker, tuple[int, float]] = {}
-        start_failures = 0
+    def _run_jobs(self, keys: list[tuple[str, str]], timeout_s: float) -> list[bool | None]:
+        """Grade normalized pairs on the workers, one job per worker at a time with a deadline per job.
+        Returns a verdict per key; None for a job that timed out or whose worker died (the caller's "not equal")."""
+        run = _Run(keys, timeout_s)
+        run.held = self._checkout(min(self.num_workers, len(keys)), block=True)
         try:
-            while pending or running:
-                for w in held:
-                    if w.ready and w not in running and pending:
-                        job = pending.popleft()
-                        try:
-                            w.send((job, *keys[job]))
-                            running[w] = (job, time.monotonic() + timeout_s)
-                            self.stats["jobs"] += 1
-                        except OSError:  # died while idle: the job never started, so it goes to another worker
-                            pending.appendleft(job)
-                            held.remove(w)
-                            self._discard(w)
-                            held += self._checkout(1, block=not held)
-                            break
-                if not pending:  # let other callers use workers we no longer need
-                    spare = [w for w in held if w not in running]
-                    held = [w for w in held if w in running]
+            while run.pending or run.running:
+                self._dispatch(run)
+                if not run.pending:  # let other callers use the workers we no longer need
+                    spare = [w for w in run.held if w not in run.running]
+                    run.held = [w for w in run.held if w in run.running]
                     self._checkin(spare)
-                    if not running:
+                    if not run.running:
                         break
-                now = time.monotonic()
-                deadlines = [d for _, d in running.values()] + [w.start_deadline for w in held if not w.ready]
-                ready_fds = _readable([w.fd for w in held], max(0.0, min(deadlines) - now) if deadlines else 0.05)
-                dead: list[_Worker] = []
-                for w in held:
-                    if w.fd in ready_fds:
-                        try:
-                            self._handle_frames(w, w.read_frames(), running, results)
-                        except EOFError:
-                            dead.append(w)
-                now = time.monotonic()
-                for w in held:
-                    if w in dead:
-                        continue
-                    if w in running and now > running[w][1]:
-                        dead.append(w)
-                        self.stats["timeouts"] += 1
-                        log.warning("grading job timed out after %.1f s (%.80r vs %.80r); worker %d killed",
-                                    timeout_s, *keys[running[w][0]], w.proc.pid)
-                    elif not w.ready and now > w.start_deadline:
-                        dead.append(w)
-                for w in dead:
-                    if w in running:
-                        running.pop(w)  # its job stays False: a timeout or a crash is "not equal"
-                        if w.ready:
-                            self.stats["worker_deaths"] += 1
-                    if not w.ready:
-                        start_failures += 1
-                        if start_failures >= 3:
-                            raise RuntimeError("grading workers keep failing to start; last stderr:\n" + w.stderr_tail())
-                    held.remove(w)
-                    self._discard(w)
-                    held += self._checkout(1, block=not held and bool(pending))
+                for w in self._collect(run):
+                    self._replace(run, w)
         finally:
-            for w in list(running):  # interrupted mid-flight: a busy worker is in an unknown state
-                held.remove(w)
+            for w in list(run.running):  # interrupted mid-flight: a busy worker is in an unknown state
+                run.held.remove(w)
                 self._discard(w)
-            self._checkin(held)
-        return results
+            self._checkin(run.held)
+        return run.results
+
+    def _dispatch(self, run: "_Run") -> None:
+        """Send the next pending job to every ready, idle held worker."""
+        for w in list(run.held):
+            if not (w.ready and w not in run.running and run.pending):
+                continue
+            job = run.pending.popleft()
+            try:
+                w.send((job, *run.keys[job]))
+            except OSError:  # died while idle: the job never started, so it goes to another worker
+                run.pending.appendleft(job)
+                self._replace(run, w)
+                continue
+            run.running[w] = (job, time.monotonic() + run.timeout_s)
+            self.stats["jobs"] += 1
+
+    def _collect(self, run: "_Run") -> list[_Worker]:
+        """Wait for results until the nearest deadline; return the workers that died or overran their deadline."""
+        now = time.monotonic()
+        deadlines = [d for _, d in run.running.values()] + [w.start_deadline for w in run.held if not w.ready]
+        ready_fds = _readable([w.fd for w in run.held], max(0.0, min(deadlines) - now) if deadlines else 0.05)
+        bad: list[_Worker] = []
+        for w in run.held:
+            if w.fd in ready_fds:
+                try:
+                    self._handle_frames(w, w.read_frames(), run.running, run.results)
+                except EOFError:
+                    bad.append(w)
+        now = time.monotonic()
+        for w in run.held:
+            if w in bad:
+                continue
+            if w in run.running and now > run.running[w][1]:
+                bad.append(w)
+                self.stats["timeouts"] += 1
+                log.warning("grading job timed out after %.1f s (%.80r vs %.80r); worker %d killed",
+                            run.timeout_s, *run.keys[run.running[w][0]], w.proc.pid)
+            elif not w.ready and now > w.start_deadline:
+                bad.append(w)
+        return bad
+
+    def _replace(self, run: "_Run", w: _Worker) -> None:
+        """Kill ``w`` (its running job keeps verdict None), and take a replacement worker into the run."""
+        if w in run.running:
+            run.running.pop(w)
+            if w.ready:
+                self.stats["worker_deaths"] += 1
+        if not w.ready:
+            run.start_failures += 1
+            if run.start_failures >= 3:
+                raise RuntimeError("grading workers keep failing to start; last stderr:\n" + w.stderr_tail())
+        run.held.remove(w)
+        self._discard(w)
+        run.held += self._checkout(1, block=not run.held and bool(run.pending))
+
+
+class _Run:
+    """State of one ``_run_jobs`` call."""
+
+    def __init__(self, keys: list[tuple[str, str]], timeout_s: float):
+        self.keys, self.timeout_s = keys, timeout_s
+        self.results: list[bool | None] = [None] * len(keys)
+        self.pending = deque(range(len(keys)))
+        self.running: dict[_Worker, tuple[int, float]] = {}
+        self.held: list[_Worker] = []
+        self.start_failures = 0
 
 
 def _readable(fds: list[int], timeout_s: float) -> set[int]:

@@ -113,7 +113,7 @@ def test_hanging_inputs_are_killed_at_the_deadline_from_threads(pool):
     assert sorted(results) == [0, 1]
     for verdict, elapsed in results.values():
         assert verdict is False
-        assert elapsed < 1.0 + 1.5  # deadline plus kill and poll overhead (worker start-up happened in warmup)
+        assert elapsed < 1.0 + 3.0  # deadline plus kill and poll overhead on a loaded 2-core machine
     assert pool.stats["timeouts"] - before == 2
     # the pool replaced the killed workers and still grades correctly
     assert pool.grade_pairs([(r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}")]) == [True]
