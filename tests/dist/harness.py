@@ -117,25 +117,47 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout_s: float 
 
 
 def _collect(procs, results, world_size, timeout_s) -> List[Any]:
+    """Gather one result per rank. On the first failure or death, keep listening for a short grace period so that
+    the root cause (often a rank that died, which makes its peers' collectives fail) is reported too."""
     deadline = time.monotonic() + timeout_s
     out: dict = {}
-    while len(out) < world_size:
+    failed: dict = {}
+    grace_end = None
+    while len(out) + len(failed) < world_size:
+        now = time.monotonic()
+        if grace_end is not None and now > grace_end:
+            break
         try:
             rank, ok, value = results.get(timeout=0.2)
         except queue_mod.Empty:
-            if time.monotonic() > deadline:
-                missing = sorted(set(range(world_size)) - set(out))
+            if now > deadline:
+                missing = sorted(set(range(world_size)) - set(out) - set(failed))
                 raise DistributedTestError(
                     f"ranks {missing} did not finish within {timeout_s} s (their stacks are in the captured stderr)"
+                    + _describe(failed)
                 ) from None
-            dead = [r for r, p in enumerate(procs) if r not in out and not p.is_alive() and p.exitcode not in (None, 0)]
-            if dead and results.empty():
-                time.sleep(0.5)  # a result may still be in flight through the queue's feeder thread
-                if results.empty():
-                    r = dead[0]
-                    raise DistributedTestError(f"rank {r} died with exit code {procs[r].exitcode} before reporting")
+            for r, p in enumerate(procs):
+                if r not in out and r not in failed and not p.is_alive() and p.exitcode not in (None, 0):
+                    if results.empty():  # its result may still be in flight through the queue's feeder thread
+                        time.sleep(0.3)
+                    if results.empty():
+                        failed[r] = f"rank {r} died with exit code {p.exitcode} before reporting"
+                        grace_end = grace_end or time.monotonic() + _GRACE_S
             continue
-        if not ok:
-            raise DistributedTestError(f"rank {rank} of {world_size} failed:\n{value}")
-        out[rank] = value
+        if ok:
+            out[rank] = value
+        else:
+            failed[rank] = f"rank {rank} of {world_size} failed:\n{value}"
+            grace_end = grace_end or time.monotonic() + _GRACE_S
+    if failed:
+        raise DistributedTestError(_describe(failed).lstrip())
     return [out[r] for r in range(world_size)]
+
+
+_GRACE_S = 2.0
+
+
+def _describe(failed: dict) -> str:
+    # deaths first: they are usually the cause of the peers' errors
+    order = sorted(failed, key=lambda r: ("died" not in failed[r], r))
+    return "".join("\n" + failed[r] for r in order)

@@ -42,7 +42,28 @@ def _single_rank():
         )
     out["unscaled_inv_freq_diff"] = _unscaled_rope_differs(configs["llama_untied_llama3"], build_gpt_model)
     out["value"] = _value_head(configs["qwen2_tied"], data)
+    out["errors"] = _layout_errors(ModelArchConfig.from_hf(configs["qwen2_tied"]))
     return out
+
+
+def _layout_errors(arch):
+    """The model builder checks the layout against the model before megatron sees it."""
+    from ttrl_megatron.distributed import LayoutError, ParallelLayout
+    from ttrl_megatron.megatron.model import build_gpt_model, build_transformer_config
+
+    msgs = {}
+    for name, layout in {"tp8": ParallelLayout(tp=8), "tp4": ParallelLayout(tp=4), "pp3": ParallelLayout(pp=3)}.items():
+        try:
+            build_transformer_config(arch, layout)
+            msgs[name] = "no error"
+        except LayoutError as exc:
+            msgs[name] = str(exc)
+    try:
+        build_gpt_model(arch, ParallelLayout(tp=2))  # megatron state is tp=1
+        msgs["mismatch"] = "no error"
+    except RuntimeError as exc:
+        msgs["mismatch"] = str(exc)
+    return msgs
 
 
 def _unscaled_rope_differs(cfg, build_gpt_model):
@@ -109,3 +130,11 @@ def test_value_head(single):
     assert v["shape"] == (4, 8, 1) and v["init_zero"] and v["is_value_head"]
     assert v["tied"] is False and v["head_shape"] == (1, 128)
     assert v["head_grad"] > 0 and v["emb_grad"] > 0
+
+
+def test_layout_checked_against_model(single):
+    e = single["errors"]
+    assert "tensor_model_parallel_size=8 does not divide num_attention_heads=4" in e["tp8"]
+    assert "tensor_model_parallel_size=4 does not divide num_key_value_heads=2" in e["tp4"]
+    assert "pipeline_model_parallel_size=3 does not divide num_hidden_layers=2" in e["pp3"]
+    assert "differs from megatron's state tp=1" in e["mismatch"]

@@ -107,7 +107,9 @@ class ValueHead(torch.nn.Linear):
     """
 
     def __init__(self, hidden_size: int, dtype: torch.dtype):
-        super().__init__(hidden_size, 1, bias=False, dtype=dtype)
+        # Same device as megatron's own parameters: the current CUDA device on GPU, else CPU.
+        device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+        super().__init__(hidden_size, 1, bias=False, dtype=dtype, device=device)
         torch.nn.init.zeros_(self.weight)  # an untrained critic predicts 0
         # TP-replicated: both TP ranks see identical hidden states (after the row-parallel all-reduce), so their
         # grads agree and megatron must not treat this parameter as TP-sharded.
@@ -189,9 +191,13 @@ def _mask_vocab_padding(output_layer: torch.nn.Module, arch: ModelArchConfig, tp
     if not pad.any():
         return
 
+    on_device = {}  # the mask, moved once per device
+
     def hook(module, inputs, output):
         logits, bias = output  # logits [s, b, V/tp]
-        return logits.masked_fill(pad.to(logits.device), PADDED_VOCAB_LOGIT), bias
+        if logits.device not in on_device:
+            on_device[logits.device] = pad.to(logits.device)
+        return logits.masked_fill(on_device[logits.device], PADDED_VOCAB_LOGIT), bias
 
     output_layer.register_forward_hook(hook)
 
