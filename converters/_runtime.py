@@ -39,13 +39,15 @@ def megatron_group(tp: int = 1, pp: int = 1) -> Iterator[None]:
 
     layout = ParallelLayout(tp=tp, pp=pp, dp=1)
     if group_is_running():
+        from megatron.core import parallel_state
+
+        ours = not parallel_state.model_parallel_is_initialized()  # else it must already be this layout
         init_distributed(layout, seed=0)
         try:
             yield
         finally:
-            from megatron.core import parallel_state
-
-            parallel_state.destroy_model_parallel()
+            if ours:
+                parallel_state.destroy_model_parallel()
         return
     if tp * pp != 1:
         raise RuntimeError(f"tp*pp={tp * pp} ranks need spawn_ranks() or torchrun, not an in-process group")

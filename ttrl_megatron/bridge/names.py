@@ -181,9 +181,8 @@ def megatron_to_hf_names(megatron_name: str, arch: ArchFacts) -> tuple[str, ...]
     if m:
         layer, suffix = int(m.group(1)), m.group(2)
         _check_layer(layer, arch, megatron_name)
-        for slots in (_NORM1, _NORM2):
-            if suffix in slots.values():
-                suffix = _layer_suffix("norm1" if slots is _NORM1 else "norm2", arch)
+        for norm in (_NORM1, _NORM2):  # either spec's norm name -> this arch's
+            suffix = norm[arch.norm_naming] if suffix in norm.values() else suffix
         megatron_name = f"decoder.layers.{layer}.{suffix}"
         for spec in layer_param_specs(layer, arch):
             if spec.megatron_name == megatron_name:
@@ -378,12 +377,25 @@ def expected_hf_shapes(arch: ArchFacts) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _hf_shape(hf_name: str, arch: ArchFacts) -> tuple[int, ...]:
+    """Shape of one known HF tensor."""
+    m = _HF_LAYER.match(hf_name)
+    if m:
+        return _layer_shapes(arch)[m.group(2)]
+    return (arch.hidden_size,) if hf_name == "model.norm.weight" else (arch.vocab_size, arch.hidden_size)
+
+
+def megatron_full_shape(spec: ParamSpec, arch: ArchFacts) -> tuple[int, ...]:
+    """Shape of the full (TP=1 layout) Megatron tensor of `spec`: fused rows summed, vocab rows padded."""
+    shapes = [_hf_shape(n, arch) for n in spec.hf_names]
+    rows = arch.padded_vocab_size if spec.kind == VOCAB else sum(s[0] for s in shapes)
+    return (rows, *shapes[0][1:])
+
+
 def check_hf_shape(hf_name: str, shape: tuple[int, ...], arch: ArchFacts) -> None:
     """Raise one error naming the tensor when it is unknown or its shape differs from what the config implies."""
     hf_to_megatron_name(hf_name, arch)  # KeyError naming unknown / out-of-range tensors
-    m = _HF_LAYER.match(hf_name)
-    want = _layer_shapes(arch)[m.group(2)] if m else expected_hf_shapes(ArchFacts(**{
-        **arch.to_dict(), "num_layers": 0}))[hf_name]
+    want = _hf_shape(hf_name, arch)
     if tuple(shape) != want:
         raise ValueError(f"{hf_name}: shape {tuple(shape)} does not match {want} expected from the config "
                          f"(hidden={arch.hidden_size}, heads={arch.num_attention_heads}, "

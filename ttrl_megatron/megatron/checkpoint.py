@@ -73,11 +73,20 @@ class InProcessTorchDistSave(torch_strategy.TorchDistSaveShardedStrategy):
         return AsyncRequest(None, (), [])
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The GPTModel inside megatron DDP / Float16Module wrappers (they expose it as `.module`)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
 def save_model_checkpoint(model: torch.nn.Module, ckpt_dir: str, hf_source_dir: str | None = None) -> None:
-    """Collectively save `model` (one GPTModel stage per rank, built by `build_gpt_model`) into `ckpt_dir`.
+    """Collectively save `model` (this rank's GPTModel stage, built by `build_gpt_model`, wrapped or not) into
+    `ckpt_dir`.
 
     `hf_source_dir`: copy its config.json, tokenizer and generation files into `<ckpt_dir>/hf` (weights are not
     copied) so converters/megatron_to_hf can rebuild an HF checkpoint."""
+    model = unwrap(model)
     weights = os.path.join(ckpt_dir, WEIGHTS_DIR)
     if os.path.isdir(weights) and os.listdir(weights):
         raise FileExistsError(f"{weights} already holds a checkpoint; choose an empty checkpoint directory")
@@ -144,6 +153,7 @@ def load_model_checkpoint(model: torch.nn.Module, ckpt_dir: str) -> dict:
 
     Raises CheckpointMismatchError (same message on every rank) naming the first differing arch field, or the first
     tensor that is missing, extra or differently shaped."""
+    model = unwrap(model)
     meta = read_checkpoint_meta(ckpt_dir)
     weights = os.path.join(ckpt_dir, WEIGHTS_DIR)
     _check_arch(meta, model)

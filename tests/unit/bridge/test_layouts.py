@@ -127,3 +127,11 @@ def test_tied_embedding_feeds_output_copy_and_exports_once():
     assert N.OUTPUT_LAYER not in [s.megatron_name for s in N.param_specs(arch)]
     with pytest.raises(KeyError, match="lm_head.weight.*ties embeddings"):
         N.hf_to_megatron_name("lm_head.weight", arch)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_megatron_full_shape_matches_the_built_tensor(tied):
+    arch = _arch(tied=tied)
+    hf = _random_hf(arch)
+    for spec in N.param_specs(arch):
+        assert N.megatron_full_shape(spec, arch) == tuple(N.hf_to_megatron_full(spec, hf, arch).shape)
