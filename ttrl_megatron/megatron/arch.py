@@ -46,6 +46,7 @@ class ModelArchConfig:
     add_qkv_bias: bool
     rope_scaling_factor: Optional[float] = None  # set only for llama3-style rope scaling
     initializer_range: float = 0.02
+    attention_dropout: float = 0.0
     make_vocab_size_divisible_by: int = 128
     architecture: str = ""
     source: str = field(default="<dict>", compare=False)
@@ -57,7 +58,12 @@ class ModelArchConfig:
 
     @classmethod
     def from_hf(cls, config: Union[Mapping[str, Any], str, os.PathLike], **overrides) -> "ModelArchConfig":
-        """Parse an HF config dict, a ``config.json`` path, or a model directory holding one."""
+        """Parse an HF config dict, a ``config.json`` path, or a model directory holding one.
+
+        ``overrides`` follow verl's ``model.override_config``: HF config keys (e.g. ``attention_dropout=0.0``,
+        ``rope_theta``) replace the file's values before parsing. ``make_vocab_size_divisible_by`` (not an HF key)
+        sets the Megatron vocab padding multiple.
+        """
         source = "<dict>"
         if not isinstance(config, Mapping):
             path = os.fspath(config)
@@ -68,8 +74,13 @@ class ModelArchConfig:
             with open(path, encoding="utf-8") as f:
                 config = json.load(f)
             source = path
-        values = _parse(dict(config), source)
-        values.update(overrides)
+        overrides = dict(overrides)
+        arch_only = {k: overrides.pop(k) for k in ("make_vocab_size_divisible_by",) if k in overrides}
+        merged = {**config, **overrides}
+        if "rope_theta" in overrides and isinstance(merged.get("rope_parameters"), Mapping):
+            merged["rope_parameters"] = {**merged["rope_parameters"], "rope_theta": overrides["rope_theta"]}
+        values = _parse(merged, source)
+        values.update(arch_only)
         return cls(source=source, **values)
 
 
@@ -122,6 +133,7 @@ def _parse(cfg: dict, source: str) -> dict:
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),  # Qwen2Config and LlamaConfig default
         add_qkv_bias=qkv_bias,
         initializer_range=float(cfg.get("initializer_range", 0.02)),
+        attention_dropout=float(cfg.get("attention_dropout", 0.0)),
     )
 
 

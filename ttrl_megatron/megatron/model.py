@@ -58,7 +58,8 @@ def _layer_spec(kind: str):
 def build_transformer_config(
     arch: ModelArchConfig, layout: ParallelLayout, params_dtype: torch.dtype = torch.float32
 ) -> TransformerConfig:
-    """TransformerConfig matching HF semantics (no dropout, RMSNorm, SwiGLU, no linear biases).
+    """TransformerConfig matching HF semantics (RMSNorm, SwiGLU, no linear biases, HF's attention dropout and no
+    hidden dropout: Qwen2/Llama have none).
 
     tp/pp sizes are passed here too: without the PP size every stage silently builds all layers.
     """
@@ -82,7 +83,7 @@ def build_transformer_config(
         add_bias_linear=False,
         add_qkv_bias=arch.add_qkv_bias,
         hidden_dropout=0.0,
-        attention_dropout=0.0,
+        attention_dropout=arch.attention_dropout,
         init_method_std=arch.initializer_range,
         tensor_model_parallel_size=layout.tp,
         pipeline_model_parallel_size=layout.pp,

@@ -101,3 +101,12 @@ def test_unsupported_llama_values_are_named(change, needle):
 def test_missing_file_named(tmp_path):
     with pytest.raises(ArchConfigError, match="config.json"):
         ModelArchConfig.from_hf(tmp_path)
+
+
+def test_overrides_are_hf_keys_like_verl_override_config():
+    a = ModelArchConfig.from_hf(qwen2(), attention_dropout=0.1, rope_theta=1e6, make_vocab_size_divisible_by=64)
+    assert a.attention_dropout == 0.1 and a.make_vocab_size_divisible_by == 64 and a.padded_vocab_size(1) == 320
+    assert ModelArchConfig.from_hf(QWEN25_MATH_15B, rope_theta=1e6).rope_theta == 1e6
+    assert a.rope_theta == 1e6  # also when the file nests it in rope_parameters (transformers 5)
+    with pytest.raises(ArchConfigError, match="hidden_act='relu'"):
+        ModelArchConfig.from_hf(qwen2(), hidden_act="relu")
