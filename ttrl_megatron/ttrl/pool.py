@@ -162,6 +162,7 @@ class GradingPool:
         self._all: set[_Worker] = set()
         self._closed = False
         self._cache: dict[tuple[str, str], bool] = {}
+        self._pid = os.getpid()
         self.stats = {"pairs": 0, "fast": 0, "cache_hits": 0, "jobs": 0, "timeouts": 0, "worker_deaths": 0,
                       "workers_started": 0}
         _LIVE_POOLS.add(self)
@@ -231,6 +232,8 @@ class GradingPool:
     # ------------------------------------------------------------------------------------------- workers
     def _checkout(self, n: int, block: bool) -> list[_Worker]:
         """Up to ``n`` workers (idle ones first, then new ones up to ``num_workers``); waits for one if ``block``."""
+        if os.getpid() != self._pid:
+            raise RuntimeError(f"this GradingPool belongs to process {self._pid}; a forked child must create its own")
         with self._cv:
             while True:
                 if self._closed:

@@ -90,3 +90,35 @@ def test_bad_arguments():
         GradingPool(num_workers=0)
     with pytest.raises(ValueError, match="timeout_s"):
         GradingPool(timeout_s=0)
+
+
+def test_workers_die_with_a_killed_parent(tmp_path):
+    """No orphans even when the caller is SIGKILLed (no close, no atexit) while its workers are stuck in sympy
+    (so they never read the EOF on stdin): the kernel's parent-death signal ends them."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys, threading\n"
+        "from ttrl_megatron.ttrl import GradingPool\n"
+        "pool = GradingPool(num_workers=2)\n"
+        "t = threading.Thread(target=pool.warmup); t.start(); t.join()\n"  # started from a short-lived thread
+        "for hostile in (r'\\Gamma(10^{9})', r'\\cos(x)^{1000} + \\sin(x)^{999}'):\n"  # both workers busy, deaf to EOF
+        "    threading.Thread(target=pool.grade_pairs, args=([(hostile, '1')], 600.0), daemon=True).start()\n"
+        "import time; time.sleep(1.0)\n"
+        "print(' '.join(map(str, pool.worker_pids())), flush=True)\n"
+        "sys.stdin.read()\n")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
+    parent = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                              text=True)
+    try:
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids)
