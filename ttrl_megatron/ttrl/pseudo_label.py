@@ -8,7 +8,8 @@ Per-row ``non_tensor_batch`` keys (object arrays of length B*n):
   read:    ``response_text`` (str, decoded response; required), ``reward_model`` (dict with ``ground_truth``; missing ->
            original label None), ``uid`` and ``extra_info["index"]`` (optional; when present they must be constant
            inside each prompt's block, which is how a non-prompt-major batch is caught);
-  written: ``reward_model`` (a NEW dict per row: ``ground_truth`` = majority label, ``majority_gt``, ``original_gt``),
+  written: ``reward_model`` (a NEW dict per row: ``ground_truth`` = majority label, ``majority_gt``, ``original_gt``;
+           the label is None when none of the prompt's rollouts has an answer — upstream wrote the string "None"),
            ``majority_ratio`` (float, the prompt's winning-cluster share of its n_votes rollouts).
 ``meta_info`` gains ``n_votes_per_prompt`` and ``n_samples_per_prompt``.
 
