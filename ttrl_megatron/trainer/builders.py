@@ -1,0 +1,163 @@
+"""Setup-time construction of the run's objects from the typed config: parallel state, the Megatron actor /
+reference / critic, the vLLM engine, the weight sync, reward managers and loaders. Every choice the step depends on
+(critic or not, reference or not, which estimator) is made here, once, by which objects exist.
+
+Each builder receives its own sub-config (never the root). Imports the megatron engines (our megatron/ package,
+the only megatron.core user), the rollout contract and the vLLM engine module (the only vllm user).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from ttrl_megatron.config import (ActorConfig, CriticConfig, DataConfig, ModelConfig, RefConfig, RolloutConfig,
+                                  SyncConfig)
+from ttrl_megatron.distributed import ParallelLayout
+from ttrl_megatron.rollout.base import derive_seed
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def init_parallel(megatron_cfg, device: str, seed: int) -> ParallelLayout:
+    """torch.distributed (torchrun env) + megatron TP x PP x DP groups; seeds every RNG with ``seed``."""
+    from ttrl_megatron.megatron.parallel import init_distributed
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    layout = ParallelLayout.from_world(world, megatron_cfg.tensor_model_parallel_size,
+                                       megatron_cfg.pipeline_model_parallel_size,
+                                       field_prefix="actor_rollout_ref.actor.megatron")
+    init_distributed(layout, backend="gloo" if device == "cpu" else "nccl", seed=seed)
+    return layout
+
+
+def model_arch(model: ModelConfig):
+    from ttrl_megatron.megatron.arch import ModelArchConfig
+
+    return ModelArchConfig.from_hf(model.path, **dict(model.override_config))
+
+
+def _policy_model(arch, path: str, dtype: torch.dtype):
+    from ttrl_megatron.megatron.hf_io import load_hf_weights
+    from ttrl_megatron.megatron.model import build_gpt_model
+
+    model = build_gpt_model(arch, params_dtype=dtype)
+    load_hf_weights(model, path)
+    return model
+
+
+def _log_prob_config(role, temperature: float, prefix: str):
+    from ttrl_megatron.megatron.actor import LogProbConfig
+
+    return LogProbConfig(micro_batch_size_per_gpu=role.log_prob_micro_batch_size_per_gpu,
+                         use_dynamic_bsz=role.log_prob_use_dynamic_bsz,
+                         max_token_len_per_gpu=role.log_prob_max_token_len_per_gpu,
+                         temperature=temperature, prefix=prefix)
+
+
+def _optim(optim_cfg, use_distributed_optimizer: bool, total_steps: int, prefix: str):
+    from ttrl_megatron.megatron.optimizer import OptimConfig
+
+    cfg = OptimConfig.from_config(optim_cfg, use_distributed_optimizer, prefix)
+    if cfg.total_training_steps <= 0:
+        cfg.total_training_steps = total_steps
+    return cfg
+
+
+def build_actor(actor: ActorConfig, rollout: RolloutConfig, model: ModelConfig, arch, rows_per_prompt: int,
+                total_steps: int, seed: int):
+    """The trainable policy: GPTModel from the HF weights at model.path + optimizer and lr schedule."""
+    from ttrl_megatron.megatron.actor import ActorEngineConfig, MegatronActor
+
+    prefix = "actor_rollout_ref.actor"
+    engine_cfg = ActorEngineConfig(
+        ppo_mini_batch_size=actor.ppo_mini_batch_size, rows_per_prompt=rows_per_prompt,
+        ppo_micro_batch_size_per_gpu=actor.ppo_micro_batch_size_per_gpu, use_dynamic_bsz=actor.use_dynamic_bsz,
+        ppo_max_token_len_per_gpu=actor.ppo_max_token_len_per_gpu, ppo_epochs=actor.ppo_epochs,
+        shuffle=actor.shuffle, clip_ratio=actor.clip_ratio, clip_ratio_low=actor.clip_ratio_low,
+        clip_ratio_high=actor.clip_ratio_high, clip_ratio_c=actor.clip_ratio_c, loss_agg_mode=actor.loss_agg_mode,
+        loss_scale_factor=actor.loss_scale_factor, entropy_coeff=actor.entropy_coeff,
+        use_kl_loss=actor.use_kl_loss, kl_loss_coef=actor.kl_loss_coef, kl_loss_type=actor.kl_loss_type,
+        loss_mode=actor.policy_loss.loss_mode, clip_cov_ratio=actor.policy_loss.clip_cov_ratio,
+        clip_cov_lb=actor.policy_loss.clip_cov_lb, clip_cov_ub=actor.policy_loss.clip_cov_ub,
+        kl_cov_ratio=actor.policy_loss.kl_cov_ratio, ppo_kl_coef=actor.policy_loss.ppo_kl_coef, seed=seed,
+        prefix=prefix)
+    chunk = _policy_model(arch, model.path, DTYPES[actor.megatron.dtype])
+    return MegatronActor([chunk], _log_prob_config(rollout, rollout.temperature, "actor_rollout_ref.rollout"),
+                         engine_cfg, _optim(actor.optim, actor.megatron.use_distributed_optimizer, total_steps,
+                                            f"{prefix}.optim"))
+
+
+def build_reference(ref: RefConfig, model: ModelConfig, arch, dtype: str, temperature: float):
+    """The frozen reference policy (same initial weights as the actor)."""
+    from ttrl_megatron.megatron.actor import MegatronActor
+
+    chunk = _policy_model(arch, model.path, DTYPES[dtype])
+    return MegatronActor([chunk], _log_prob_config(ref, temperature, "actor_rollout_ref.ref"))
+
+
+def build_critic(critic: CriticConfig, dtype: str, rows_per_prompt: int, total_steps: int, seed: int):
+    """The value model: the policy trunk from critic.model.path + a zero-initialised value head."""
+    from ttrl_megatron.megatron.critic import CriticEngineConfig, MegatronCritic, load_critic_weights
+    from ttrl_megatron.megatron.model import build_gpt_model
+
+    arch = critic_arch(critic.model.path, critic.model.override_config)
+    chunk = build_gpt_model(arch, value_head=True, params_dtype=DTYPES[dtype])
+    load_critic_weights(chunk, critic.model.path)
+    engine_cfg = CriticEngineConfig(
+        ppo_mini_batch_size=critic.ppo_mini_batch_size, rows_per_prompt=rows_per_prompt,
+        ppo_micro_batch_size_per_gpu=critic.ppo_micro_batch_size_per_gpu, use_dynamic_bsz=critic.use_dynamic_bsz,
+        ppo_max_token_len_per_gpu=critic.ppo_max_token_len_per_gpu, ppo_epochs=critic.ppo_epochs,
+        shuffle=critic.shuffle, cliprange_value=critic.cliprange_value, loss_agg_mode=critic.loss_agg_mode,
+        seed=seed)
+    return MegatronCritic([chunk], engine_cfg, _optim(critic.optim, critic.megatron.use_distributed_optimizer,
+                                                      total_steps, "critic.optim"))
+
+
+def critic_arch(path: str, override_config: dict):
+    from ttrl_megatron.megatron.arch import ModelArchConfig
+
+    return ModelArchConfig.from_hf(path, **dict(override_config))
+
+
+def build_rollout_engine(rollout: RolloutConfig, model: ModelConfig, rank: int, run_dir: str):
+    """This rank's vLLM engine (rollout TP=1: one engine per rank, DP over prompts)."""
+    from ttrl_megatron.rollout.config import VLLMEngineConfig
+    from ttrl_megatron.rollout.vllm_engine import VLLMRolloutEngine
+
+    if rollout.tensor_model_parallel_size != 1:
+        raise NotImplementedError("actor_rollout_ref.rollout.tensor_model_parallel_size > 1 is not supported yet; "
+                                  "use 1 (one engine per rank)")
+    if rollout.ignore_eos:
+        raise NotImplementedError("actor_rollout_ref.rollout.ignore_eos=True is not supported by the rollout engine")
+    cfg = VLLMEngineConfig(
+        model_path=model.path, dtype=rollout.dtype, max_model_len=rollout.max_model_len,
+        max_num_batched_tokens=rollout.max_num_batched_tokens, max_num_seqs=rollout.max_num_seqs,
+        gpu_memory_utilization=rollout.gpu_memory_utilization, kv_cache_gib=max(1, math.ceil(rollout.kv_cache_gib)),
+        enforce_eager=rollout.enforce_eager, seed=derive_seed(rollout.seed, rank) % 2**31,  # vLLM: < 2**32
+        enable_sleep_mode=rollout.free_cache_engine and torch.cuda.is_available(),
+        run_dir=str(Path(run_dir) / "vllm" / f"rank{rank}"))
+    return VLLMRolloutEngine(cfg)
+
+
+def build_weight_sync(actor, engine, arch, sync: SyncConfig, max_model_len: int):
+    """Actor -> engine weight push with the post-push log-prob parity check (bridge/sync.py) on fixed sequences
+    short enough for the engine's context (at most 8 + 8 tokens)."""
+    from ttrl_megatron.bridge.sync import SyncCheckConfig, WeightSync
+
+    half = max(1, min(8, (max_model_len - 1) // 2))
+    check = SyncCheckConfig(freq=sync.check_freq, max_logprob_diff=sync.logprob_diff_threshold,
+                            on_failure=sync.on_mismatch, prompt_len=half, response_len=half)
+    return WeightSync(actor.model, engine, arch, bucket_bytes=sync.bucket_size_mb << 20, check=check, actor=actor)
+
+
+def build_loaders(data: DataConfig, tokenizer):
+    """(train loader, val loader or None)."""
+    from ttrl_megatron.data import PromptDataset, build_train_loader, build_val_loader
+
+    train = build_train_loader(PromptDataset(data.train_files, tokenizer, data), data)
+    val = build_val_loader(PromptDataset(data.val_files, tokenizer, data), data) if data.val_files else None
+    return train, val

@@ -1,0 +1,236 @@
+"""Trainer checkpoints: ``<default_local_dir>/global_step_<N>/{actor,critic,extra}`` + ``latest_checkpointed_iteration.txt``.
+
+Layout of one checkpoint (every part is written by ALL ranks collectively unless noted):
+    actor/   ttrl_checkpoint.json + weights/ (megatron dist-checkpoint, any-layout loadable) + hf/ (config/tokenizer):
+             exactly what ``megatron/checkpoint.py`` writes, so ``python -m converters.megatron_to_hf --megatron-dir
+             .../global_step_N/actor`` exports any saved step.
+    actor/optim/   optimizer + lr scheduler per rank (``rank_<r>.pt``: megatron's ``optimizer.state_dict()``; with
+             the distributed optimizer also ``param_state_tp<t>_pp<p>.pt``, megatron's ``save_parameter_state``).
+             Resuming needs the same parallel layout (checked, with an error naming both layouts).
+    critic/  same as actor (value model), when a critic exists.
+    extra/   ``state.pt`` (rank 0: step, data sampler position, KL controller, layout) + ``rng_rank<r>.pt`` per rank.
+
+Crash safety: everything is written under ``.global_step_<N>.tmp`` and renamed to ``global_step_<N>`` once complete
+(rename = commit); only then is the tracker file replaced (write temp + ``os.replace``). A process killed at any
+moment leaves the tracker pointing at a complete checkpoint (the previous or the new one). Older checkpoints are then
+pruned to ``max_actor_ckpt_to_keep`` (whole step) / ``max_critic_ckpt_to_keep`` (critic part); the one the tracker
+names is never removed.
+
+Uses ``ttrl_megatron.megatron.checkpoint`` for the weights (the only megatron.core user; imported where used, so the
+directory protocol below can be tested without megatron); torch.distributed here.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ttrl_megatron.distributed import ParallelLayout
+
+TRACKER = "latest_checkpointed_iteration.txt"
+STEP_DIR = re.compile(r"^global_step_(\d+)$")
+
+
+class ResumeError(RuntimeError):
+    """A checkpoint that cannot be resumed (missing, or saved with another layout); the message says what to do."""
+
+
+def step_dir(root: str | os.PathLike, step: int) -> Path:
+    return Path(root) / f"global_step_{step}"
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Optional[Path]:
+    """The checkpoint the tracker names (None when there is none). Repairs the one interrupted case: a re-save of an
+    existing step killed between moving the old copy aside and renaming the new one in."""
+    tracker = Path(root) / TRACKER
+    if not tracker.is_file():
+        return None
+    text = tracker.read_text(encoding="utf-8").strip()
+    if not text.isdigit():
+        raise ResumeError(f"{tracker} holds {text!r}, not a step number; fix or delete it")
+    path = step_dir(root, int(text))
+    old = Path(root) / f".{path.name}.old"
+    if not path.is_dir() and old.is_dir() and _rank() == 0:
+        os.replace(old, path)
+    _barrier()
+    if not path.is_dir():
+        raise ResumeError(f"{tracker} names step {text} but {path} does not exist; point it at an existing "
+                          f"global_step_<N> or set trainer.resume_mode=disable")
+    return path
+
+
+def parse_step(path: str | os.PathLike) -> int:
+    match = STEP_DIR.match(Path(path).name)
+    if not match:
+        raise ResumeError(f"trainer.resume_from_path={str(path)!r} is not a global_step_<N> directory")
+    return int(match.group(1))
+
+
+# ------------------------------------------------------------------ one role (actor or critic)
+def _optim_files(role_dir: Path) -> tuple[Path, Path]:
+    """(this rank's optimizer file, the distributed-optimizer parameter-state file of its (tp, pp) coordinates,
+    shared by the DP group: megatron gathers to / scatters from DP rank 0)."""
+    from ttrl_megatron.megatron.engine import Ranks
+
+    r = Ranks.current()
+    coords = ParallelLayout(tp=r.tp_size, pp=r.pp_size, dp=r.dp_size).coords(_rank())
+    optim = role_dir / "optim"
+    return optim / f"rank_{_rank():05d}.pt", optim / f"param_state_tp{coords['tp']}_pp{coords['pp']}.pt"
+
+
+def _layout_record() -> dict:
+    from ttrl_megatron.megatron.engine import Ranks
+
+    r = Ranks.current()
+    return {"tp": r.tp_size, "pp": r.pp_size, "dp": r.dp_size, "world": dist.get_world_size()}
+
+
+def save_role(role, role_dir: Path, hf_source_dir: str | None, distributed_optimizer: bool) -> None:
+    """Collectively save a MegatronActor / MegatronCritic: weights (dist-checkpoint) + optimizer + scheduler."""
+    from ttrl_megatron.megatron.checkpoint import save_model_checkpoint
+    from ttrl_megatron.megatron.engine import unwrap
+
+    if len(role.model) != 1:
+        raise NotImplementedError("checkpointing of virtual-pipeline models (several chunks) is not supported")
+    save_model_checkpoint(unwrap(role.model[0]), str(role_dir), hf_source_dir)
+    if role.optimizer is None:
+        return
+    rank_file, param_file = _optim_files(role_dir)
+    if _rank() == 0:
+        rank_file.parent.mkdir(parents=True, exist_ok=True)
+    _barrier()
+    torch.save({"optimizer": role.optimizer.state_dict(), "scheduler": role.scheduler.state_dict(),
+                "layout": _layout_record()}, rank_file)
+    if distributed_optimizer:
+        role.optimizer.save_parameter_state(str(param_file))  # collective over DP; written by DP rank 0
+    _barrier()
+
+
+def load_role(role, role_dir: Path, distributed_optimizer: bool) -> None:
+    """Collectively restore what ``save_role`` wrote (same parallel layout required for the optimizer part)."""
+    if not role_dir.is_dir():
+        raise ResumeError(f"{role_dir} is missing: this checkpoint has no such role (was it pruned by "
+                          f"max_critic_ckpt_to_keep, or saved without a critic?)")
+    from ttrl_megatron.megatron.checkpoint import load_model_checkpoint
+    from ttrl_megatron.megatron.engine import unwrap
+
+    load_model_checkpoint(unwrap(role.model[0]), str(role_dir))
+    if role.optimizer is None:
+        return
+    rank_file, param_file = _optim_files(role_dir)
+    if not rank_file.is_file():
+        raise ResumeError(f"{rank_file} is missing: resume with the same number of processes as the saved run")
+    state = torch.load(rank_file, map_location="cpu", weights_only=False)
+    if state["layout"] != _layout_record():
+        raise ResumeError(f"{role_dir}: optimizer saved with layout {state['layout']} but this run has "
+                          f"{_layout_record()}; resume with the same parallel layout (weights alone load at any "
+                          f"layout via converters)")
+    role.optimizer.load_state_dict(state["optimizer"])
+    if distributed_optimizer:
+        role.optimizer.load_parameter_state(str(param_file))
+    role.scheduler.load_state_dict(state["scheduler"])
+
+
+# ------------------------------------------------------------------ RNG and extra state
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+class CheckpointManager:
+    """Save / find / load trainer checkpoints under ``root`` (trainer.default_local_dir)."""
+
+    def __init__(self, root: str | os.PathLike, *, hf_source_dir: str | None, max_actor_keep: int | None,
+                 max_critic_keep: int | None, actor_distributed_optimizer: bool, critic_distributed_optimizer: bool):
+        self.root = Path(root)
+        self.hf_source_dir = hf_source_dir
+        self.max_actor_keep, self.max_critic_keep = max_actor_keep, max_critic_keep
+        self.dist_opt = {"actor": actor_distributed_optimizer, "critic": critic_distributed_optimizer}
+
+    def save(self, step: int, roles: dict[str, Any], extra: dict) -> Path:
+        """Collectively write checkpoint ``step``; returns its final directory."""
+        final = step_dir(self.root, step)
+        tmp = self.root / f".{final.name}.tmp"
+        if _rank() == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # debris of an interrupted save
+            (tmp / "extra").mkdir(parents=True)
+        _barrier()
+        for name, role in roles.items():
+            save_role(role, tmp / name, self.hf_source_dir, self.dist_opt[name])
+        torch.save(rng_state(), tmp / "extra" / f"rng_rank{_rank():05d}.pt")
+        if _rank() == 0:
+            torch.save({**extra, "step": step, "layout": _layout_record()}, tmp / "extra" / "state.pt")
+        _barrier()
+        if _rank() == 0:
+            self._commit(tmp, final, step)
+            self._prune(step)
+        _barrier()
+        return final
+
+    def _commit(self, tmp: Path, final: Path, step: int) -> None:
+        old = self.root / f".{final.name}.old"
+        if final.exists():  # re-saving a step that exists (e.g. after resume_path from an earlier step)
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _write_atomic(self.root / TRACKER, f"{step}\n")
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _prune(self, latest: int) -> None:
+        steps = sorted(int(m.group(1)) for p in self.root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir())
+        older = [s for s in steps if s != latest]
+        if self.max_actor_keep and self.max_actor_keep > 0:
+            for s in older[: max(len(steps) - self.max_actor_keep, 0)]:
+                shutil.rmtree(step_dir(self.root, s), ignore_errors=True)
+        if self.max_critic_keep and self.max_critic_keep > 0:
+            kept = [s for s in steps if step_dir(self.root, s).is_dir()]
+            for s in [s for s in kept if s != latest][: max(len(kept) - self.max_critic_keep, 0)]:
+                shutil.rmtree(step_dir(self.root, s) / "critic", ignore_errors=True)
+
+    def load(self, path: Path, roles: dict[str, Any]) -> dict:
+        """Collectively restore ``roles`` and this rank's RNG from checkpoint ``path``; returns the extra state."""
+        state_file = path / "extra" / "state.pt"
+        if not state_file.is_file():
+            raise ResumeError(f"{path} is not a complete trainer checkpoint (no extra/state.pt)")
+        extra = torch.load(state_file, map_location="cpu", weights_only=False)
+        if extra["layout"] != _layout_record():
+            raise ResumeError(f"{path} was saved with layout {extra['layout']} but this run has {_layout_record()}; "
+                              f"resume with the same number of processes and TP/PP sizes")
+        for name, role in roles.items():
+            load_role(role, path / name, self.dist_opt[name])
+        set_rng_state(torch.load(path / "extra" / f"rng_rank{_rank():05d}.pt", map_location="cpu",
+                                 weights_only=False))
+        _barrier()
+        return extra

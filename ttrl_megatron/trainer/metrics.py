@@ -1,0 +1,82 @@
+"""Step metrics with verl's names (reference/algorithms-semantics.md §1.9): data statistics of the trained batch,
+timing per phase and throughput. (Rollout-vs-actor parity metrics come from bridge/sync.py.)
+
+Pure torch; no torch.distributed, megatron or vllm. Every function returns ``{name: float}``.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import torch
+
+from ttrl_megatron.protocol import DataProto
+
+
+def _stats(prefix: str, values: torch.Tensor) -> dict[str, float]:
+    values = values.to(torch.float64)
+    if values.numel() == 0:
+        return {f"{prefix}/mean": 0.0, f"{prefix}/max": 0.0, f"{prefix}/min": 0.0}
+    return {f"{prefix}/mean": float(values.mean()), f"{prefix}/max": float(values.max()),
+            f"{prefix}/min": float(values.min())}
+
+
+def compute_data_metrics(batch: DataProto, response_length: int) -> dict[str, float]:
+    """``critic/score|rewards|advantages|returns|values/*``, ``critic/vf_explained_var``, ``response_length/*``,
+    ``prompt_length/*`` of the trained batch.
+
+    Needs ``token_level_scores``, ``token_level_rewards``, ``advantages``, ``returns``, ``response_mask``,
+    ``attention_mask`` ``[B, R]`` / ``[B, P+R]``; ``values`` is optional (critic runs only).
+    Token-level tensors are summarised over valid tokens; scores and rewards are per-row sums.
+    """
+    t = batch.batch
+    mask = t["response_mask"].bool()
+    lengths = t["response_mask"].sum(dim=-1)
+    prompt_lengths = t["attention_mask"].sum(dim=-1) - lengths
+    out = {}
+    out.update(_stats("critic/score", t["token_level_scores"].sum(dim=-1)))
+    out.update(_stats("critic/rewards", t["token_level_rewards"].sum(dim=-1)))
+    out.update(_stats("critic/advantages", t["advantages"][mask]))
+    out.update(_stats("critic/returns", t["returns"][mask]))
+    if "values" in t:
+        values, returns = t["values"][mask].to(torch.float64), t["returns"][mask].to(torch.float64)
+        out.update(_stats("critic/values", values))
+        var_returns = returns.var(unbiased=False) if returns.numel() else torch.tensor(0.0)
+        explained = 1.0 - (returns - values).var(unbiased=False) / (var_returns + 1e-5) if returns.numel() else 0.0
+        out["critic/vf_explained_var"] = float(explained)
+    out.update(_stats("response_length", lengths))
+    out["response_length/clip_ratio"] = float((lengths >= response_length).to(torch.float64).mean())
+    out.update(_stats("prompt_length", prompt_lengths))
+    return out
+
+
+def throughput_metrics(batch: DataProto, step_seconds: float, world_size: int) -> dict[str, float]:
+    """``perf/total_num_tokens`` (prompt + response tokens trained on), ``perf/time_per_step``, ``perf/throughput``
+    (tokens per second per process, verl's definition)."""
+    tokens = float(batch.tensor("attention_mask").sum())
+    return {"perf/total_num_tokens": tokens, "perf/time_per_step": step_seconds,
+            "perf/throughput": tokens / max(step_seconds, 1e-9) / max(world_size, 1)}
+
+
+class PhaseTimer:
+    """Accumulates wall time per phase: ``with timer("gen"): ...`` -> ``timing_s/gen``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        return {f"timing_s/{k}": v for k, v in self.seconds.items()}
+
+
+def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    """``{prefix + key: value}``."""
+    return {prefix + k: float(v) for k, v in metrics.items()}
