@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import torch
 import torch.distributed as dist
@@ -139,8 +139,11 @@ def read_checkpoint_meta(ckpt_dir: str) -> dict:
 
 
 def checkpoint_arch(ckpt_dir: str) -> ModelArchConfig:
-    """The model architecture stored with a checkpoint."""
-    return ModelArchConfig(source=os.path.join(ckpt_dir, META_FILE), **read_checkpoint_meta(ckpt_dir)["arch"])
+    """The model architecture stored with a checkpoint (fields ModelArchConfig no longer has are ignored; fields
+    added since take their defaults)."""
+    known = {f.name for f in fields(ModelArchConfig)} - {"source"}
+    stored = {k: v for k, v in read_checkpoint_meta(ckpt_dir)["arch"].items() if k in known}
+    return ModelArchConfig(source=os.path.join(ckpt_dir, META_FILE), **stored)
 
 
 def checkpoint_dtype(ckpt_dir: str) -> torch.dtype:
@@ -172,10 +175,10 @@ def load_model_checkpoint(model: torch.nn.Module, ckpt_dir: str) -> dict:
 
 def _check_arch(meta: dict, model: torch.nn.Module) -> None:
     saved, arch = meta["arch"], asdict(model.ttrl_arch)
-    for field in ARCH_FIELDS:
-        if saved.get(field) != arch[field]:
-            raise CheckpointMismatchError(f"checkpoint arch {field}={saved.get(field)!r} differs from the model's "
-                                          f"{field}={arch[field]!r}: wrong model config for this checkpoint")
+    for name in ARCH_FIELDS:
+        if saved.get(name) != arch[name]:
+            raise CheckpointMismatchError(f"checkpoint arch {name}={saved.get(name)!r} differs from the model's "
+                                          f"{name}={arch[name]!r}: wrong model config for this checkpoint")
     if meta.get("value_head", False) != bool(getattr(model, "ttrl_value_head", False)):
         raise CheckpointMismatchError(f"checkpoint value_head={meta.get('value_head')} differs from the model's")
 
