@@ -20,8 +20,7 @@ TP_SHAPES = {  # local shapes at TP=2 (hidden 128, 4 heads of 32, 2 groups, ffn 
 
 
 def _grad_diff(model, ref_grads, transform=lambda d: d, skip=()):
-    import re
-
+    """Largest |grad - reference grad| over the model's parameters (reference mapped to local names/shards)."""
     ref = transform(ref_grads)
     worst = 0.0
     for name, p in model.named_parameters():
@@ -31,15 +30,15 @@ def _grad_diff(model, ref_grads, transform=lambda d: d, skip=()):
     return worst
 
 
-def _reference(arch, data, value_head=False):
-    """TP=1 model with HF weights: full state, logits, loss and grads."""
+def _reference(key, arch, data, value_head=False):
+    """TP=1 model with HF weights of config ``key``: full state, logits, loss and grads."""
     import torch
 
     from tests.dist import mcore_fixtures as fx
     from ttrl_megatron.megatron.model import build_gpt_model, forward_logits
 
     model = build_gpt_model(arch, value_head=value_head)
-    full = fx.hf_to_mcore_tp1(fx.hf_model(_cfgs()[arch.model_type + ("_tied" if arch.tie_word_embeddings else "")]).state_dict(), arch)
+    full = fx.hf_to_mcore_tp1(fx.hf_model(_cfgs()[key]).state_dict(), arch)
     if value_head:
         full["output_layer.weight"] = 0.05 * torch.randn(1, arch.hidden_size, generator=torch.Generator().manual_seed(1))
     fx.load_into(model, full)
@@ -150,8 +149,8 @@ def _parallel_checks():
     data = fx.batch()
     archs = {k: ModelArchConfig.from_hf(c) for k, c in _cfgs().items()}
     init_distributed(ParallelLayout.from_world(2, tp=1, pp=1), seed=0)
-    refs = {k: _reference(a, data) for k, a in archs.items()}
-    refs["critic"] = _reference(archs["qwen2"], data, value_head=True)
+    refs = {k: _reference(k, a, data) for k, a in archs.items()}
+    refs["critic"] = _reference("qwen2", archs["qwen2"], data, value_head=True)
     ps.destroy_model_parallel()
     out = {}
     _tp_phase(archs, refs, data, out)
