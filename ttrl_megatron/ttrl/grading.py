@@ -230,8 +230,9 @@ def grade_answer(given: str | None, ground_truth: str | None, timeout_s: float =
     """True when ``given`` is mathematically equivalent to ``ground_truth``.
 
     Safe from any thread of any process: the fast path runs here; undecided pairs go to the shared default
-    ``GradingPool`` (``pool.default_pool()``), whose worker is killed at ``timeout_s`` after it starts the job. The one-time
-    start of a worker (~1 s) is not part of ``timeout_s``. Timeouts, errors and None inputs give False; never raises.
+    ``GradingPool`` (``pool.default_pool()``). The call returns within ``timeout_s`` (waiting for a busy worker
+    included; the worker is killed if it is still grading) plus the one-time start of a worker (~1 s, not counted).
+    Timeouts, errors and None inputs give False; never raises.
     """
     if given is None or ground_truth is None:
         return False
@@ -241,7 +242,8 @@ def grade_answer(given: str | None, ground_truth: str | None, timeout_s: float =
             return verdict
         from .pool import default_pool
 
-        return default_pool().grade_pairs([(str(given), str(ground_truth))], timeout_s=timeout_s)[0]
+        return default_pool().grade_pairs([(str(given), str(ground_truth))], timeout_s=timeout_s,
+                                          total_timeout_s=timeout_s)[0]
     except Exception as exc:  # the grader must never take the training step down
         log.warning("grade_answer(%.60r, %.60r) failed, counted as not equal: %s", given, ground_truth, exc)
         return False

@@ -197,8 +197,13 @@ class GradingPool:
             return sorted(w.proc.pid for w in self._all)
 
     # ------------------------------------------------------------------------------------------- public API
-    def grade_pairs(self, pairs: Sequence[tuple[str | None, str | None]], timeout_s: float | None = None) -> list[bool]:
-        """Verdict per (given, ground_truth) pair, in order. None on either side, a timeout or a dead worker -> False."""
+    def grade_pairs(self, pairs: Sequence[tuple[str | None, str | None]], timeout_s: float | None = None,
+                    total_timeout_s: float | None = None) -> list[bool]:
+        """Verdict per (given, ground_truth) pair, in order. None on either side, a timeout or a dead worker -> False.
+
+        ``timeout_s`` bounds each pair from the moment a worker receives it. ``total_timeout_s`` (optional) bounds the
+        whole call, waiting for a busy worker included (pairs not finished by then are False); time spent waiting
+        for a worker to START (import math-verify, ~1 s, once per worker) does not count against either."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         out = [False] * len(pairs)
         todo: dict[tuple[str, str], list[int]] = {}
@@ -219,7 +224,7 @@ class GradingPool:
         self.stats["pairs"] += len(pairs)
         if todo:
             keys = list(todo)
-            for key, verdict in zip(keys, self._run_jobs(keys, timeout_s)):
+            for key, verdict in zip(keys, self._run_jobs(keys, timeout_s, total_timeout_s)):
                 if verdict is None:  # timeout / dead worker: "not equal" now, but not remembered (load may pass)
                     continue
                 if len(self._cache) >= self.cache_size:
@@ -230,8 +235,9 @@ class GradingPool:
         return out
 
     # ------------------------------------------------------------------------------------------- workers
-    def _checkout(self, n: int, block: bool) -> list[_Worker]:
-        """Up to ``n`` workers (idle ones first, then new ones up to ``num_workers``); waits for one if ``block``."""
+    def _checkout(self, n: int, block: bool, until: float | None = None) -> list[_Worker]:
+        """Up to ``n`` workers (idle ones first, then new ones up to ``num_workers``); if ``block``, waits for one
+        (until the monotonic time ``until`` when given, then returns none)."""
         if os.getpid() != self._pid:
             raise RuntimeError(f"this GradingPool belongs to process {self._pid}; a forked child must create its own")
         with self._cv:
@@ -246,7 +252,9 @@ class GradingPool:
                 if self._idle or not block:
                     held, self._idle = self._idle[:n], self._idle[n:]
                     return held
-                self._cv.wait()
+                if until is not None and time.monotonic() >= until:
+                    return []
+                self._cv.wait(None if until is None else until - time.monotonic())
 
     def _checkin(self, workers: list[_Worker]) -> None:
         with self._cv:
@@ -283,13 +291,15 @@ class GradingPool:
                 job = running.pop(w)[0]
                 results[job] = frame[1]
 
-    def _run_jobs(self, keys: list[tuple[str, str]], timeout_s: float) -> list[bool | None]:
+    def _run_jobs(self, keys: list[tuple[str, str]], timeout_s: float,
+                  total_timeout_s: float | None = None) -> list[bool | None]:
         """Grade normalized pairs on the workers, one job per worker at a time with a deadline per job.
-        Returns a verdict per key; None for a job that timed out or whose worker died (the caller's "not equal")."""
-        run = _Run(keys, timeout_s)
-        run.held = self._checkout(min(self.num_workers, len(keys)), block=True)
+        Returns a verdict per key; None for a job that timed out, whose worker died, or that never got a worker
+        before the call's deadline (all mean "not equal" to the caller)."""
+        run = _Run(keys, timeout_s, total_timeout_s)
+        run.held = self._checkout(min(self.num_workers, len(keys)), block=True, until=run.deadline)
         try:
-            while run.pending or run.running:
+            while (run.pending or run.running) and run.held:
                 self._dispatch(run)
                 if not run.pending:  # let other callers use the workers we no longer need
                     spare = [w for w in run.held if w not in run.running]
@@ -307,7 +317,10 @@ class GradingPool:
         return run.results
 
     def _dispatch(self, run: "_Run") -> None:
-        """Send the next pending job to every ready, idle held worker."""
+        """Send the next pending job to every ready, idle held worker (none once the call's deadline has passed)."""
+        if run.deadline is not None and time.monotonic() >= run.deadline:
+            run.pending.clear()  # their verdicts stay None: "not equal"
+            return
         for w in list(run.held):
             if not (w.ready and w not in run.running and run.pending):
                 continue
@@ -318,7 +331,8 @@ class GradingPool:
                 run.pending.appendleft(job)
                 self._replace(run, w)
                 continue
-            run.running[w] = (job, time.monotonic() + run.timeout_s)
+            deadline = time.monotonic() + run.timeout_s
+            run.running[w] = (job, deadline if run.deadline is None else min(deadline, run.deadline))
             self.stats["jobs"] += 1
 
     def _collect(self, run: "_Run") -> list[_Worker]:
@@ -326,6 +340,8 @@ class GradingPool:
         now = time.monotonic()
         deadlines = [d for _, d in run.running.values()] + [w.start_deadline for w in run.held if not w.ready]
         ready_fds = _readable([w.fd for w in run.held], max(0.0, min(deadlines) - now) if deadlines else 0.05)
+        if run.deadline is not None and not any(w.ready for w in run.held):
+            run.deadline += time.monotonic() - now  # waiting for workers to start does not count
         bad: list[_Worker] = []
         for w in run.held:
             if w.fd in ready_fds:
@@ -358,14 +374,15 @@ class GradingPool:
                 raise RuntimeError("grading workers keep failing to start; last stderr:\n" + w.stderr_tail())
         run.held.remove(w)
         self._discard(w)
-        run.held += self._checkout(1, block=not run.held and bool(run.pending))
+        run.held += self._checkout(1, block=not run.held and bool(run.pending), until=run.deadline)
 
 
 class _Run:
     """State of one ``_run_jobs`` call."""
 
-    def __init__(self, keys: list[tuple[str, str]], timeout_s: float):
+    def __init__(self, keys: list[tuple[str, str]], timeout_s: float, total_timeout_s: float | None):
         self.keys, self.timeout_s = keys, timeout_s
+        self.deadline = None if total_timeout_s is None else time.monotonic() + total_timeout_s
         self.results: list[bool | None] = [None] * len(keys)
         self.pending = deque(range(len(keys)))
         self.running: dict[_Worker, tuple[int, float]] = {}

@@ -122,3 +122,26 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(p) for p in pids)
+
+
+def test_total_timeout_bounds_waiting_for_a_busy_worker():
+    """grade_answer's contract: while the only worker hangs on a pair, a second caller still returns in time."""
+    with GradingPool(num_workers=1, timeout_s=30.0) as p:
+        p.warmup()
+        results = {}
+
+        def call(name, pair, timeout_s):
+            t0 = time.monotonic()
+            verdict = p.grade_pairs([pair], timeout_s=timeout_s, total_timeout_s=timeout_s)[0]
+            results[name] = (verdict, time.monotonic() - t0)
+
+        threads = [threading.Thread(target=call, args=("hang", (r"\Gamma(10^{9})", "1"), 4.0)),
+                   threading.Thread(target=call, args=("wait", ("a+3b", "3b+a"), 1.0))]
+        threads[0].start()
+        time.sleep(0.3)
+        threads[1].start()
+        for th in threads:
+            th.join(30)
+        assert results["wait"][0] is False and 0.9 < results["wait"][1] < 1.0 + 1.5  # no worker free in time
+        assert results["hang"][0] is False and results["hang"][1] < 4.0 + 3.0
+        assert p.grade_pairs([("a+3b", "3b+a")]) == [True]  # not cached as False; graded by the replacement
