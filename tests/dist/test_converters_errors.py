@@ -120,3 +120,24 @@ def test_megatron_side_errors_name_the_tensor_or_field(folders, tmp_path):
                    llama_config(tied=False, **TINY))
     with pytest.raises(FileNotFoundError, match="is not a ttrl-megatron checkpoint"):
         _load_into(str(tmp_path), llama_config(tied=False, **TINY))
+
+
+def test_value_model_gets_the_trunk_only_and_refuses_lm_export(folders):
+    """A critic built from a causal LM: every trunk tensor from HF, the [1, h] head left as built (no lm_head
+    mapping onto it), and no HF export of a value model."""
+    from converters._runtime import megatron_group
+    from ttrl_megatron.megatron.arch import ModelArchConfig
+    from ttrl_megatron.megatron.hf_io import iter_hf_weights, load_hf_weights
+    from ttrl_megatron.megatron.model import build_gpt_model
+
+    hf_dir, _ = folders["qwen2"]  # untied: its lm_head must not be forced into the value head
+    hf = load_file(os.path.join(hf_dir, "model.safetensors"))
+    with megatron_group(1, 1):
+        critic = build_gpt_model(ModelArchConfig.from_hf(hf_dir), value_head=True)
+        head_before = critic.output_layer.weight.detach().clone()
+        load_hf_weights(critic, hf_dir)
+        assert torch.equal(critic.output_layer.weight, head_before)
+        assert torch.equal(critic.embedding.word_embeddings.weight, hf["model.embed_tokens.weight"])
+        assert torch.equal(critic.decoder.layers[1].mlp.linear_fc2.weight, hf["model.layers.1.mlp.down_proj.weight"])
+        with pytest.raises(ValueError, match="value model .* has no HF causal-LM layout"):
+            next(iter_hf_weights(critic))

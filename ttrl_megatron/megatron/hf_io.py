@@ -7,6 +7,7 @@
 - `iter_hf_weights(model)`: yields `(hf_name, full tensor)` in HF layout on every rank: the owning PP stage gathers
   the TP shards, then broadcasts over the PP group (shapes come from the mapping, so no metadata exchange).
   Converters run it at TP=PP=1 where it does no communication.
+- Value models (critic, `value_head=True`): loading fills the trunk only; exporting is refused.
 
 Imports megatron.core (through the model) and torch.distributed; the mapping rules stay in bridge/names.py.
 """
@@ -121,13 +122,17 @@ def hf_checkpoint_dtype(hf_dir: str) -> torch.dtype:
 # --- HF -> Megatron ------------------------------------------------------------------------------------------
 
 def load_hf_weights(model: torch.nn.Module, hf_dir: str, progress: bool = False) -> None:
-    """Fill this rank's GPTModel stage with the HF checkpoint in `hf_dir` (streamed tensor by tensor)."""
+    """Fill this rank's GPTModel stage with the HF checkpoint in `hf_dir` (streamed tensor by tensor).
+
+    A value model (`build_gpt_model(..., value_head=True)`) gets the trunk only: its head `output_layer.weight`
+    `[1, h]` has no causal-LM counterpart and is left as built."""
     facts = model_arch_facts(model)
     tp_rank, tp_size, pp_rank, pp_size = _layout()
     files = validate_hf_checkpoint(hf_dir, facts)
     params = dict(model.named_parameters())
-    written: set[str] = set()
-    names = [n for n in N.expected_hf_shapes(facts) if _stage_needs(n, facts, pp_rank, pp_size)]
+    trunk_only = bool(getattr(model, "ttrl_value_head", False))
+    written: set[str] = {N.OUTPUT_LAYER} if trunk_only else set()
+    names = [n for n in N.expected_hf_shapes(facts) if _stage_needs(n, facts, pp_rank, pp_size, trunk_only)]
     with ExitStack() as stack, torch.no_grad():
         handles: dict[str, object] = {}
         for name in _progress(names, progress, "HF -> Megatron"):
@@ -137,7 +142,8 @@ def load_hf_weights(model: torch.nn.Module, hf_dir: str, progress: bool = False)
             tensor = handles[path].get_tensor(name)
             for piece in N.hf_to_megatron_shard(name, tensor, facts, tp_rank, tp_size):
                 local = N.to_local_name(piece.megatron_name, facts, pp_rank, pp_size)
-                if local is None or (piece.tied_copy and local not in params):
+                skip = piece.tied_copy and (trunk_only or local not in params)
+                if local is None or skip:
                     continue
                 if local not in params:
                     raise CheckpointMismatchError(f"{name}: maps to Megatron parameter {local!r}, which this model "
@@ -150,9 +156,11 @@ def load_hf_weights(model: torch.nn.Module, hf_dir: str, progress: bool = False)
                                       f"({len(unfilled)} unfilled in total)")
 
 
-def _stage_needs(hf_name: str, facts: N.ArchFacts, pp_rank: int, pp_size: int) -> bool:
+def _stage_needs(hf_name: str, facts: N.ArchFacts, pp_rank: int, pp_size: int, trunk_only: bool) -> bool:
     mg = N.hf_to_megatron_name(hf_name, facts)[0]
-    if mg == N.EMBEDDING and facts.tie_word_embeddings and pp_rank == pp_size - 1:
+    if mg == N.OUTPUT_LAYER and trunk_only:
+        return False
+    if mg == N.EMBEDDING and facts.tie_word_embeddings and pp_rank == pp_size - 1 and not trunk_only:
         return True  # the last stage keeps its own copy of a tied embedding as output layer
     return N.owning_stage(mg, facts, pp_size) == pp_rank
 
@@ -173,6 +181,8 @@ def _write(param: torch.Tensor, piece: N.ShardPiece, hf_name: str) -> None:
 def iter_hf_weights(model: torch.nn.Module, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield `(hf_name, tensor)` for the whole model in HF layout (unpadded vocab, split qkv/fc1, tied: no
     lm_head) on every rank. Collective: every rank of the model-parallel group must iterate it to the end."""
+    if getattr(model, "ttrl_value_head", False):
+        raise ValueError("iter_hf_weights: a value model (value_head=True) has no HF causal-LM layout to export")
     facts = model_arch_facts(model)
     tp_rank, tp_size, pp_rank, pp_size = _layout()
     params = dict(model.named_parameters())
