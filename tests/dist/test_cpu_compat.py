@@ -81,6 +81,11 @@ def _ablations():
         seed_all(0)  # an ablated call may have left megatron's RNG tracker half-initialised
         out[key] = dict(with_all=with_all, without=without)
     out["scope"] = _scope_checks(torch)
+    import megatron.core.energy_monitor as late  # not imported by megatron's model/optimizer/schedule code
+
+    before = late.torch is torch
+    cpu_compat.apply_cpu_compat()
+    out["late_import"] = dict(real_before=before, proxied_after=late.torch is not torch)
     return out
 
 
@@ -132,3 +137,8 @@ def test_user_code_keeps_real_torch(ranks):
         assert r["scope"] == {"type": "torch.FloatTensor", "zeros_cuda": r["scope"]["zeros_cuda"],
                               "current_device": r["scope"]["current_device"]}
         assert r["scope"]["zeros_cuda"] != "no error" and r["scope"]["current_device"] != "no error"
+
+
+def test_repeated_apply_covers_late_imports(ranks):
+    for r in ranks:
+        assert r["late_import"] == {"real_before": True, "proxied_after": True}

@@ -17,7 +17,8 @@ bound as the ``torch`` global of already-imported ``megatron.core`` modules only
 ``Tensor.cuda``/``Tensor.type`` are patched on the class but change behaviour only when CUDA is unavailable
 (``.cuda()`` would raise anyway) and, for ``type()``, only for callers in ``megatron.core``.
 
-``apply_cpu_compat()`` is idempotent, does nothing when CUDA is available (never active on a GPU run), and refuses
+``apply_cpu_compat()`` is idempotent (a repeated call also covers megatron.core modules imported since the last one:
+call it again after importing a megatron.core module that was not loaded yet), does nothing when CUDA is available (never active on a GPU run), and refuses
 any megatron-core version other than the one it was written against. ``remove_cpu_compat()`` restores everything
 (used by the tests that show each piece is still needed).
 
@@ -54,7 +55,7 @@ _PRELOAD = (
 )
 _FACTORIES = ("tensor", "zeros", "ones", "empty", "full", "arange", "rand", "randn", "randint", "eye")
 
-_state: Dict[str, object] = {"active": (), "undo": []}
+_state: Dict[str, object] = {"active": (), "undo": [], "proxy": None}
 
 
 class _CudaNamespace:
@@ -227,17 +228,20 @@ def apply_cpu_compat(pieces: Optional[Iterable[str]] = None, *, force: bool = Fa
         )
     if _state["active"]:
         if set(_state["active"]) == set(wanted):
+            # megatron.core modules imported since the last call get the proxy too
+            _bind_proxy(_state["proxy"], _state["undo"])
             return _state["active"]
         remove_cpu_compat()
     undo: List[Callable] = []
-    _bind_proxy(_TorchProxy(wanted), undo)
+    proxy = _TorchProxy(wanted)
+    _bind_proxy(proxy, undo)
     if "rng_tracker" in wanted:
         _patch_rng(undo)
     if "cuda_factories" in wanted:
         _patch_tensor_cuda(undo)
     if "tensor_type" in wanted:
         _patch_tensor_type(undo)
-    _state["active"], _state["undo"] = tuple(p for p in PIECES if p in wanted), undo
+    _state.update(active=tuple(p for p in PIECES if p in wanted), undo=undo, proxy=proxy)
     return _state["active"]
 
 
@@ -245,7 +249,7 @@ def remove_cpu_compat() -> None:
     """Undo every patch applied by ``apply_cpu_compat`` (in reverse order)."""
     for restore in reversed(_state["undo"]):
         restore()
-    _state["active"], _state["undo"] = (), []
+    _state.update(active=(), undo=[], proxy=None)
 
 
 def active_pieces() -> Tuple[str, ...]:
