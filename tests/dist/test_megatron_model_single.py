@@ -63,6 +63,17 @@ def _layout_errors(arch):
         msgs["mismatch"] = "no error"
     except RuntimeError as exc:
         msgs["mismatch"] = str(exc)
+    from megatron.core import tensor_parallel
+
+    from ttrl_megatron.megatron.parallel import seed_all
+
+    tensor_parallel.get_cuda_rng_tracker().reset()
+    try:
+        build_gpt_model(arch)
+        msgs["unseeded"] = "no error"
+    except RuntimeError as exc:
+        msgs["unseeded"] = str(exc)
+    seed_all(0)
     return msgs
 
 
@@ -138,3 +149,4 @@ def test_layout_checked_against_model(single):
     assert "tensor_model_parallel_size=4 does not divide num_key_value_heads=2" in e["tp4"]
     assert "pipeline_model_parallel_size=3 does not divide num_hidden_layers=2" in e["pp3"]
     assert "differs from megatron's state tp=1" in e["mismatch"]
+    assert "RNG tracker is not seeded" in e["unseeded"]

@@ -139,6 +139,9 @@ def build_gpt_model(
     """
     if not parallel_state.model_parallel_is_initialized():
         raise RuntimeError("megatron parallel state is not initialised; call init_distributed(layout) first")
+    if not tensor_parallel.get_cuda_rng_tracker().is_initialized():
+        # megatron's weight init (GPU) and every attention forward fork this tracker; unseeded it fails later
+        raise RuntimeError("megatron RNG tracker is not seeded; call seed_all(seed) or init_distributed(..., seed=...)")
     if layout is None:
         from ttrl_megatron.megatron.parallel import current_layout
 
