@@ -21,7 +21,7 @@ import logging
 import math
 from functools import lru_cache
 
-from .normalize import Normalized, is_dangerous, normalize_answer, parse_number
+from .normalize import is_dangerous, normalize_answer, parse_number
 from .numeric import MALFORMED, NOT_NUMERIC, TOO_BIG, evaluate
 
 __all__ = ["fast_grade", "grade_answer", "symbolic_grade", "split_structure"]

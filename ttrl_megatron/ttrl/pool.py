@@ -20,122 +20,20 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import pickle
-import queue
-import select
-import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import weakref
 from collections import deque
-from pathlib import Path
 from typing import Sequence
 
+from ._procs import Worker, readable
 from .grading import fast_grade, normalized_pair
 
 __all__ = ["GradingPool", "default_pool"]
 
 log = logging.getLogger(__name__)
-_HEADER = struct.Struct(">I")
-_PKG_PARENT = str(Path(__file__).resolve().parents[2])
 _LIVE_POOLS: "weakref.WeakSet[GradingPool]" = weakref.WeakSet()
-
-
-class _Spawner:
-    """Starts every worker from one long-lived daemon thread: the kernel's parent-death signal is tied to the thread
-    that forked, so workers must not be forked by short-lived caller threads."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._queue: queue.Queue = queue.Queue()
-        self._pid = -1
-
-    def popen(self, args: list[str], **kwargs) -> subprocess.Popen:
-        with self._lock:
-            if self._pid != os.getpid():  # first use, or we are a forked child whose spawner thread is gone
-                self._queue = queue.Queue()
-                threading.Thread(target=self._run, args=(self._queue,), name="ttrl-grader-spawner", daemon=True).start()
-                self._pid = os.getpid()
-            q = self._queue
-        box: dict = {}
-        done = threading.Event()
-        q.put((args, kwargs, box, done))
-        done.wait()
-        if "error" in box:
-            raise box["error"]
-        return box["proc"]
-
-    @staticmethod
-    def _run(q: queue.Queue) -> None:
-        while True:
-            args, kwargs, box, done = q.get()
-            try:
-                box["proc"] = subprocess.Popen(args, **kwargs)
-            except BaseException as exc:
-                box["error"] = exc
-            finally:
-                done.set()
-
-
-_SPAWNER = _Spawner()
-
-
-class _Worker:
-    """One worker process and its framed pipes."""
-
-    def __init__(self, memory_limit_mb: int, start_timeout_s: float):
-        env = dict(os.environ)
-        env.update(OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-        env["PYTHONPATH"] = _PKG_PARENT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self.errfile = tempfile.TemporaryFile()
-        args = [sys.executable, "-m", "ttrl_megatron.ttrl._worker", str(os.getpid()), str(memory_limit_mb)]
-        self.proc = _SPAWNER.popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errfile,
-                                   bufsize=0, env=env, close_fds=True)
-        self.fd = self.proc.stdout.fileno()
-        self.buf = bytearray()
-        self.ready = False
-        self.start_deadline = time.monotonic() + start_timeout_s
-
-    def send(self, obj) -> None:
-        data = pickle.dumps(obj)
-        self.proc.stdin.write(_HEADER.pack(len(data)) + data)
-
-    def read_frames(self) -> list:
-        """Frames that are complete after one read of the available bytes; EOFError when the worker is gone."""
-        chunk = os.read(self.fd, 1 << 16)
-        if not chunk:
-            raise EOFError
-        self.buf += chunk
-        frames = []
-        while len(self.buf) >= _HEADER.size:
-            n = _HEADER.unpack_from(self.buf)[0]
-            if len(self.buf) < _HEADER.size + n:
-                break
-            frames.append(pickle.loads(bytes(self.buf[_HEADER.size:_HEADER.size + n])))
-            del self.buf[:_HEADER.size + n]
-        return frames
-
-    def stderr_tail(self, limit: int = 2000) -> str:
-        try:
-            self.errfile.seek(0)
-            return self.errfile.read().decode(errors="replace")[-limit:]
-        except Exception:
-            return ""
-
-    def kill(self) -> None:
-        try:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        except Exception:
-            pass
-        for f in (self.proc.stdin, self.proc.stdout, self.errfile):
-            try:
-                f.close()
-            except Exception:
-                pass
 
 
 class GradingPool:
@@ -158,8 +56,8 @@ class GradingPool:
         self.num_workers, self.timeout_s, self.start_timeout_s = num_workers, timeout_s, start_timeout_s
         self.memory_limit_mb, self.cache_size = memory_limit_mb, cache_size
         self._cv = threading.Condition()
-        self._idle: list[_Worker] = []
-        self._all: set[_Worker] = set()
+        self._idle: list[Worker] = []
+        self._all: set[Worker] = set()
         self._closed = False
         self._cache: dict[tuple[str, str], bool] = {}
         self._pid = os.getpid()
@@ -235,7 +133,7 @@ class GradingPool:
         return out
 
     # ------------------------------------------------------------------------------------------- workers
-    def _checkout(self, n: int, block: bool, until: float | None = None) -> list[_Worker]:
+    def _checkout(self, n: int, block: bool, until: float | None = None) -> list[Worker]:
         """Up to ``n`` workers (idle ones first, then new ones up to ``num_workers``); if ``block``, waits for one
         (until the monotonic time ``until`` when given, then returns none)."""
         if os.getpid() != self._pid:
@@ -245,7 +143,7 @@ class GradingPool:
                 if self._closed:
                     raise RuntimeError("GradingPool is closed")
                 while len(self._idle) < n and len(self._all) < self.num_workers:
-                    w = _Worker(self.memory_limit_mb, self.start_timeout_s)
+                    w = Worker(self.memory_limit_mb, self.start_timeout_s)
                     self.stats["workers_started"] += 1
                     self._all.add(w)
                     self._idle.append(w)
@@ -256,21 +154,21 @@ class GradingPool:
                     return []
                 self._cv.wait(None if until is None else until - time.monotonic())
 
-    def _checkin(self, workers: list[_Worker]) -> None:
+    def _checkin(self, workers: list[Worker]) -> None:
         with self._cv:
             self._idle.extend(w for w in workers if w in self._all)
             self._cv.notify_all()
 
-    def _discard(self, w: _Worker) -> None:
+    def _discard(self, w: Worker) -> None:
         with self._cv:
             self._all.discard(w)
             self._cv.notify_all()
         w.kill()
 
-    def _wait_ready(self, w: _Worker) -> None:
+    def _wait_ready(self, w: Worker) -> None:
         while not w.ready:
             remaining = w.start_deadline - time.monotonic()
-            if remaining <= 0 or not _readable([w.fd], remaining):
+            if remaining <= 0 or not readable([w.fd], remaining):
                 break
             try:
                 self._handle_frames(w, w.read_frames(), {}, [])
@@ -283,7 +181,7 @@ class GradingPool:
                                f"(`{sys.executable} -m ttrl_megatron.ttrl._worker`); its stderr:\n{tail}")
 
     @staticmethod
-    def _handle_frames(w: _Worker, frames: list, running: dict, results: list) -> None:
+    def _handle_frames(w: Worker, frames: list, running: dict, results: list) -> None:
         for frame in frames:
             if frame[0] == "ready":
                 w.ready = True
@@ -335,14 +233,14 @@ class GradingPool:
             run.running[w] = (job, deadline if run.deadline is None else min(deadline, run.deadline))
             self.stats["jobs"] += 1
 
-    def _collect(self, run: "_Run") -> list[_Worker]:
+    def _collect(self, run: "_Run") -> list[Worker]:
         """Wait for results until the nearest deadline; return the workers that died or overran their deadline."""
         now = time.monotonic()
         deadlines = [d for _, d in run.running.values()] + [w.start_deadline for w in run.held if not w.ready]
-        ready_fds = _readable([w.fd for w in run.held], max(0.0, min(deadlines) - now) if deadlines else 0.05)
+        ready_fds = readable([w.fd for w in run.held], max(0.0, min(deadlines) - now) if deadlines else 0.05)
         if run.deadline is not None and not any(w.ready for w in run.held):
             run.deadline += time.monotonic() - now  # waiting for workers to start does not count
-        bad: list[_Worker] = []
+        bad: list[Worker] = []
         for w in run.held:
             if w.fd in ready_fds:
                 try:
@@ -362,7 +260,7 @@ class GradingPool:
                 bad.append(w)
         return bad
 
-    def _replace(self, run: "_Run", w: _Worker) -> None:
+    def _replace(self, run: "_Run", w: Worker) -> None:
         """Kill ``w`` (its running job keeps verdict None), and take a replacement worker into the run."""
         if w in run.running:
             run.running.pop(w)
@@ -385,20 +283,9 @@ class _Run:
         self.deadline = None if total_timeout_s is None else time.monotonic() + total_timeout_s
         self.results: list[bool | None] = [None] * len(keys)
         self.pending = deque(range(len(keys)))
-        self.running: dict[_Worker, tuple[int, float]] = {}
-        self.held: list[_Worker] = []
+        self.running: dict[Worker, tuple[int, float]] = {}
+        self.held: list[Worker] = []
         self.start_failures = 0
-
-
-def _readable(fds: list[int], timeout_s: float) -> set[int]:
-    """fds with data (or EOF) within ``timeout_s``; poll() has no 1024-fd limit, unlike select()."""
-    if not fds:
-        time.sleep(timeout_s)
-        return set()
-    poller = select.poll()
-    for fd in fds:
-        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
-    return {fd for fd, _ in poller.poll(max(0, int(timeout_s * 1000) + 1))}
 
 
 _DEFAULT: dict[int, GradingPool] = {}
