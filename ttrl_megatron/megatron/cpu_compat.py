@@ -203,17 +203,16 @@ def _patch_tensor_type(undo: List[Callable]) -> None:
     undo.append(lambda: setattr(torch.Tensor, "type", original))
 
 
-def apply_cpu_compat(pieces: Optional[Iterable[str]] = None, *, force: bool = False) -> Tuple[str, ...]:
+def apply_cpu_compat(pieces: Optional[Iterable[str]] = None) -> Tuple[str, ...]:
     """Apply the CPU compatibility pieces (all by default) when CUDA is unavailable; idempotent.
 
     Args:
         pieces: subset of ``PIECES`` to apply (tests pass all but one to show that one is still needed).
-        force: apply even when CUDA is available (never used outside tests; a GPU run must not call this).
     Returns the tuple of active pieces (empty on a CUDA machine).
     Raises RuntimeError on a megatron-core version other than ``SUPPORTED_MEGATRON_CORE``: the patches target
     that version's internals, and a silent mismatch would break in confusing ways.
     """
-    if torch.cuda.is_available() and not force:
+    if torch.cuda.is_available():
         return ()
     wanted = tuple(PIECES if pieces is None else pieces)
     unknown = sorted(set(wanted) - set(PIECES))
