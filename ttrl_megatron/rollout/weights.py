@@ -57,7 +57,9 @@ def _checkpoint_files(model_dir: Path) -> list[Path]:
         return [model_dir / s for s in shards]
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{model_dir}: no *.safetensors files (the rollout engine needs an HF safetensors checkpoint)")
+        raise FileNotFoundError(
+            f"{model_dir}: no *.safetensors files (the rollout engine needs an HF safetensors checkpoint)"
+        )
     return files
 
 
@@ -107,7 +109,9 @@ class WeightSpec:
                 f"(send HF names, e.g. 'model.layers.0.self_attn.q_proj.weight', with the vocab padding removed)"
             )
         if not isinstance(tensor, torch.Tensor):
-            raise WeightUpdateError(f"update_weights: {name!r} is a {type(tensor).__name__}, expected a torch.Tensor")
+            raise WeightUpdateError(
+                f"update_weights: {name!r} is a {type(tensor).__name__}, expected a torch.Tensor"
+            )
         expected = self.shapes[name]
         if tuple(tensor.shape) != expected:
             raise WeightUpdateError(
@@ -115,7 +119,9 @@ class WeightSpec:
                 f"(HF layout, unpadded vocab, full unsharded tensor)"
             )
         if not tensor.is_floating_point():
-            raise WeightUpdateError(f"update_weights: tensor {name!r} has dtype {tensor.dtype}, expected floating point")
+            raise WeightUpdateError(
+                f"update_weights: tensor {name!r} has dtype {tensor.dtype}, expected floating point"
+            )
 
 
 def iter_named_tensors(items: Iterable) -> Iterator[tuple[str, torch.Tensor]]:

@@ -1,4 +1,4 @@
-"""Methods injected into every vLLM worker (`LLM(worker_extension_cls="ttrl_megatron.rollout.worker_ext.WeightReloadExtension")`).
+"""Methods injected into every vLLM worker: `LLM(worker_extension_cls=<this module>.WeightReloadExtension)`.
 
 vLLM mixes this class into its worker class, so `self` is the worker; the engine reaches these methods with
 `llm.collective_rpc("<method>", args=...)`.
