@@ -33,6 +33,7 @@ from .grading import fast_grade, normalized_pair
 __all__ = ["GradingPool", "default_pool"]
 
 log = logging.getLogger(__name__)
+PIPELINE_DEPTH = 2  # jobs queued per worker: hides this thread's wake-up latency between two jobs
 _LIVE_POOLS: "weakref.WeakSet[GradingPool]" = weakref.WeakSet()
 
 
@@ -171,7 +172,8 @@ class GradingPool:
             if remaining <= 0 or not readable([w.fd], remaining):
                 break
             try:
-                self._handle_frames(w, w.read_frames(), {}, [])
+                for frame in w.read_frames():
+                    w.ready = w.ready or frame[0] == "ready"
             except EOFError:
                 break
         if not w.ready:
@@ -180,18 +182,12 @@ class GradingPool:
             raise RuntimeError(f"grading worker did not start within {self.start_timeout_s:.0f} s "
                                f"(`{sys.executable} -m ttrl_megatron.ttrl._worker`); its stderr:\n{tail}")
 
-    @staticmethod
-    def _handle_frames(w: Worker, frames: list, running: dict, results: list) -> None:
-        for frame in frames:
-            if frame[0] == "ready":
-                w.ready = True
-            else:
-                job = running.pop(w)[0]
-                results[job] = frame[1]
-
     def _run_jobs(self, keys: list[tuple[str, str]], timeout_s: float,
                   total_timeout_s: float | None = None) -> list[bool | None]:
-        """Grade normalized pairs on the workers, one job per worker at a time with a deadline per job.
+        """Grade normalized pairs on the workers with a deadline per job.
+
+        Each worker holds up to ``PIPELINE_DEPTH`` jobs (so it never idles waiting for this thread to wake up); it
+        runs them in order, and a job's deadline starts when the worker starts it (at the previous job's result).
         Returns a verdict per key; None for a job that timed out, whose worker died, or that never got a worker
         before the call's deadline (all mean "not equal" to the caller)."""
         run = _Run(keys, timeout_s, total_timeout_s)
@@ -215,28 +211,27 @@ class GradingPool:
         return run.results
 
     def _dispatch(self, run: "_Run") -> None:
-        """Send the next pending job to every ready, idle held worker (none once the call's deadline has passed)."""
+        """Top up every ready held worker to ``PIPELINE_DEPTH`` queued jobs (none after the call's deadline)."""
         if run.deadline is not None and time.monotonic() >= run.deadline:
             run.pending.clear()  # their verdicts stay None: "not equal"
             return
         for w in list(run.held):
-            if not (w.ready and w not in run.running and run.pending):
-                continue
-            job = run.pending.popleft()
-            try:
-                w.send((job, *run.keys[job]))
-            except OSError:  # died while idle: the job never started, so it goes to another worker
-                run.pending.appendleft(job)
-                self._replace(run, w)
-                continue
-            deadline = time.monotonic() + run.timeout_s
-            run.running[w] = (job, deadline if run.deadline is None else min(deadline, run.deadline))
-            self.stats["jobs"] += 1
+            while w.ready and run.pending and len(run.running.get(w, ())) < PIPELINE_DEPTH:
+                job = run.pending.popleft()
+                try:
+                    w.send((job, *run.keys[job]))
+                except OSError:  # died: this job never started, so it goes to another worker
+                    run.pending.appendleft(job)
+                    self._replace(run, w)
+                    break
+                queue = run.running.setdefault(w, deque())
+                queue.append([job, run.job_deadline() if not queue else None])
+                self.stats["jobs"] += 1
 
     def _collect(self, run: "_Run") -> list[Worker]:
         """Wait for results until the nearest deadline; return the workers that died or overran their deadline."""
         now = time.monotonic()
-        deadlines = [d for _, d in run.running.values()] + [w.start_deadline for w in run.held if not w.ready]
+        deadlines = [q[0][1] for q in run.running.values()] + [w.start_deadline for w in run.held if not w.ready]
         ready_fds = readable([w.fd for w in run.held], max(0.0, min(deadlines) - now) if deadlines else 0.05)
         if run.deadline is not None and not any(w.ready for w in run.held):
             run.deadline += time.monotonic() - now  # waiting for workers to start does not count
@@ -244,26 +239,42 @@ class GradingPool:
         for w in run.held:
             if w.fd in ready_fds:
                 try:
-                    self._handle_frames(w, w.read_frames(), run.running, run.results)
+                    self._handle_frames(run, w, w.read_frames())
                 except EOFError:
                     bad.append(w)
         now = time.monotonic()
         for w in run.held:
             if w in bad:
                 continue
-            if w in run.running and now > run.running[w][1]:
+            if w in run.running and now > run.running[w][0][1]:
                 bad.append(w)
                 self.stats["timeouts"] += 1
                 log.warning("grading job timed out after %.1f s (%.80r vs %.80r); worker %d killed",
-                            run.timeout_s, *run.keys[run.running[w][0]], w.proc.pid)
+                            run.timeout_s, *run.keys[run.running[w][0][0]], w.proc.pid)
             elif not w.ready and now > w.start_deadline:
                 bad.append(w)
         return bad
 
+    @staticmethod
+    def _handle_frames(run: "_Run", w: Worker, frames: list) -> None:
+        for frame in frames:
+            if frame[0] == "ready":
+                w.ready = True
+                continue
+            queue = run.running[w]
+            run.results[queue.popleft()[0]] = frame[1]
+            if queue:
+                queue[0][1] = run.job_deadline()  # the worker starts the next queued job now
+            else:
+                del run.running[w]
+
     def _replace(self, run: "_Run", w: Worker) -> None:
-        """Kill ``w`` (its running job keeps verdict None), and take a replacement worker into the run."""
-        if w in run.running:
-            run.running.pop(w)
+        """Kill ``w`` (its current job keeps verdict None; jobs queued behind it go back to pending) and take a
+        replacement worker into the run."""
+        queue = run.running.pop(w, None)
+        if queue:
+            queue.popleft()
+            run.pending.extendleft(job for job, _ in reversed(queue))
             if w.ready:
                 self.stats["worker_deaths"] += 1
         if not w.ready:
@@ -283,9 +294,14 @@ class _Run:
         self.deadline = None if total_timeout_s is None else time.monotonic() + total_timeout_s
         self.results: list[bool | None] = [None] * len(keys)
         self.pending = deque(range(len(keys)))
-        self.running: dict[Worker, tuple[int, float]] = {}
+        self.running: dict[Worker, deque[list]] = {}  # worker -> [[job, deadline or None (queued)], ...]
         self.held: list[Worker] = []
         self.start_failures = 0
+
+    def job_deadline(self) -> float:
+        """Deadline of a job a worker starts now: ``timeout_s`` from now, capped by the call's deadline."""
+        deadline = time.monotonic() + self.timeout_s
+        return deadline if self.deadline is None else min(deadline, self.deadline)
 
 
 _DEFAULT: dict[int, GradingPool] = {}

@@ -145,3 +145,12 @@ def test_total_timeout_bounds_waiting_for_a_busy_worker():
         assert results["wait"][0] is False and 0.9 < results["wait"][1] < 1.0 + 1.5  # no worker free in time
         assert results["hang"][0] is False and results["hang"][1] < 4.0 + 3.0
         assert p.grade_pairs([("a+3b", "3b+a")]) == [True]  # not cached as False; graded by the replacement
+
+
+def test_jobs_queued_behind_a_hanging_job_are_not_lost():
+    """One worker, pipelined: the pairs queued behind a hanging one go to the replacement worker and are graded."""
+    with GradingPool(num_workers=1, timeout_s=30.0) as p:
+        p.warmup()
+        pairs = [(r"\cos(x)^{1000} + \sin(x)^{999}", "1")] + HEAVY_EQUAL[:3]
+        assert p.grade_pairs(pairs, timeout_s=1.0) == [False, True, True, True]
+        assert p.stats["timeouts"] == 1 and p.stats["workers_started"] == 2
