@@ -1,19 +1,21 @@
 """Benchmark: TTRL voting + majority rewards for one step (32 prompts x 64 votes = 2,048 responses).
 
-Workload (seeded): ten kinds of answers (GSM8K integers with money/units/thousands, fractions, percents, surds,
-multiples of pi, polynomials, intervals, tuples, unordered solution lists, multiple choice), each true answer written in
-several equivalent spellings, wrong answers near the truth, a per-prompt accuracy between 0.15 and 0.9, ~5% of responses
-without a box, some with an intermediate box before the final one, and 20 adversarial answers (exponent towers,
-``((10^{9})!)!``, 50,000-character nested braces, ``9^{9^{9}}``, ``(x+1)^{10000}``, malformed LaTeX).
+Workload (seeded, fresh constants per prompt and per step): eleven kinds of answers (GSM8K integers with money/units,
+thousands separators, fractions, percents, surds, multiples of pi, polynomials, intervals, tuples, unordered solution
+lists, multiple choice), each true answer written in several equivalent spellings, wrong answers near the truth, a
+per-prompt accuracy between 0.15 and 0.9, ~5% of responses without a box, ~10% with an intermediate box before the final
+one, and 20 adversarial answers (exponent towers, ``((10^{9})!)!``, 50,000-character nested braces, ``9^{9^{9}}``,
+``\\sin(10^{9^{9}})``, ``(x+1)^{10000}``, malformed LaTeX).
 
-Both sides run the same algorithm (``voting.vote_many`` + one grade per response against its prompt's label) with the
-same in-process fast path and a per-(answer, label) dedupe; they differ only in where the symbolic grading runs:
-  pool        ``GradingPool`` with ``--workers`` processes (hard deadline per pair, parallel);
-  sequential  one process, ``symbolic_grade`` called inline (the one-process baseline; no deadline possible).
-In-process caches are cleared before each timed run; worker start-up (pool) and the same imports + parser warm-up
-(``grading.warm_up``, sequential) are measured separately and excluded. Both must produce identical labels, ratios and rewards.
-The fast path decides ~99% of this step's pairs in the caller's process, so a second, symbolic-only workload
-(``--symbolic-pairs`` distinct surd / factored-polynomial pairs) shows what the worker parallelism itself buys.
+Both sides run the same algorithm (``voting.vote_many``, then one grade per response against its prompt's label) with
+the same in-process fast path and per-(answer, label) dedupe; they differ only in where symbolic grading runs:
+  pool        a long-lived ``GradingPool`` with ``--workers`` processes (hard deadline per pair, parallel);
+  sequential  one process calling ``symbolic_grade`` inline (the one-process baseline; it has no deadline at all).
+Steady state, as in training: each side is warmed by the same untimed earlier step (math-verify's parser builds its
+caches per process), then ``--repeats`` new steps are timed, sequential and pool on the same workload, in-process
+caches cleared before each; the best of each side is reported. Worker start-up is reported separately. A second,
+symbolic-only workload (``--symbolic-pairs`` surd / factored-polynomial pairs) shows the worker parallelism alone,
+because the fast path settles ~98% of a step's pairs in the caller. Results of both sides must be identical.
 Prints a last line ``RESULT {json}``.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -34,21 +37,42 @@ from ttrl_megatron.ttrl import GradingPool, fast_grade, vote_many  # noqa: E402
 from ttrl_megatron.ttrl import grading, normalize, numeric  # noqa: E402
 from ttrl_megatron.ttrl.grading import normalized_pair, symbolic_grade, warm_up  # noqa: E402
 
-# (equivalent spellings of the truth, wrong answers)
-KINDS = [
-    (["72", "72.0", r"\$72", "72 dollars", "x = 72", "72.00"], ["71", "73", "144", "36", "70"]),
-    (["1200", "1,200", r"1{,}200", r"\$1,200", "1200 meters"], ["1100", "120", "12000", "1,300"]),
-    ([r"\frac{1}{2}", "0.5", "1/2", r"\dfrac12", r"\tfrac{1}{2}"], [r"\frac{1}{3}", "0.25", r"\frac{2}{3}", "2"]),
-    ([r"25\%", "0.25", r"\frac14", "25", "25 percent"], [r"20\%", "0.2", r"30\%", "75"]),
-    ([r"\frac{\sqrt{3}}{2}", r"\frac{\sqrt3}{2}", r"\sqrt{3}/2", r"\frac{1}{2}\sqrt{3}"],
-     [r"\frac{\sqrt{2}}{2}", r"\sqrt{3}", r"\frac{1}{2}", r"\frac{\sqrt{3}}{3}"]),
-    ([r"2\pi", r"\pi \cdot 2", r"2 \pi", r"\frac{4\pi}{2}"], [r"\pi", r"4\pi", r"\frac{\pi}{2}", "6.28"]),
-    (["x^2-1", "(x-1)(x+1)", "x^{2} - 1", "-1+x^2"], ["x^2+1", "(x-1)^2", "x^2-2x+1", "x-1"]),
-    (["[1, 3)", "[1,3)", r"\left[1, 3\right)"], ["[1,3]", "(1,3)", "(1, 3]", "[1, 2)"]),
-    (["(2, -1)", "(2,-1)", r"\left(2, -1\right)"], ["(-1, 2)", "(2, 1)", "(1, -2)"]),
-    (["1, 2", "2, 1", r"\{1, 2\}", r"\{2,1\}"], ["1, 3", "1", "2", "1, 2, 3"]),
-    (["(B)", "B", r"\text{(B)}", r"\textbf{B}"], ["A", "C", "(D)", r"\text{(A)}"]),
-]
+def _signed(c: int) -> str:
+    return f"+{c}" if c >= 0 else str(c)
+
+
+def _kinds(rng: random.Random) -> list:
+    """Per-prompt answer kinds with fresh constants: (equivalent spellings of the truth, wrong answers)."""
+    n, big = rng.randint(10, 999), rng.randint(1001, 99_999)
+    b_ = rng.randint(3, 12)
+    a_ = rng.choice([k for k in range(1, b_) if math.gcd(k, b_) == 1])
+    pct, k, m, c = rng.randint(1, 19) * 5, rng.choice([2, 3, 5, 6, 7]), rng.randint(2, 6), rng.randint(2, 9)
+    u, v = rng.randint(1, 9), rng.randint(1, 9)
+    lo, hi = rng.randint(-5, 3), rng.randint(4, 12)
+    letter = rng.choice("ABCDE")
+    others = [x for x in "ABCDE" if x != letter]
+    return [
+        ([str(n), f"{n}.0", rf"\${n}", f"{n} dollars", f"x = {n}", f"{n}.00"], [str(n + 1), str(n - 1), str(2 * n), str(n + 10)]),
+        ([str(big), f"{big:,}", f"{big:,}".replace(",", "{,}"), rf"\${big:,}", f"{big} meters"],
+         [str(big + 100), str(big * 10), str(big // 10), str(big - 1)]),
+        ([rf"\frac{{{a_}}}{{{b_}}}", f"{a_}/{b_}", rf"\dfrac{{{a_}}}{{{b_}}}", rf"\frac{{{2 * a_}}}{{{2 * b_}}}"],
+         [rf"\frac{{{b_}}}{{{a_}}}", rf"\frac{{{a_ + 1}}}{{{b_}}}", rf"\frac{{{a_}}}{{{b_ + 1}}}"]),
+        ([rf"{pct}\%", str(pct / 100), rf"\frac{{{pct}}}{{100}}", str(pct), f"{pct} percent"],
+         [rf"{pct + 5}\%", str(pct / 10), str(pct + 5)]),
+        ([rf"\frac{{\sqrt{{{k}}}}}{{{m}}}", rf"\frac{{\sqrt{k}}}{{{m}}}", rf"\sqrt{{{k}}}/{m}", rf"\frac{{1}}{{{m}}}\sqrt{{{k}}}"],
+         [rf"\frac{{\sqrt{{{k + 1}}}}}{{{m}}}", rf"\sqrt{{{k}}}", rf"\frac{{{k}}}{{{m}}}", rf"\frac{{\sqrt{{{k}}}}}{{{m + 1}}}"]),
+        ([rf"{c}\pi", rf"\pi \cdot {c}", rf"{c} \pi", rf"\frac{{{2 * c}\pi}}{{2}}"],
+         [rf"{c + 1}\pi", rf"\frac{{{c}\pi}}{{2}}", str(c), f"{3.14 * c:.2f}"]),
+        ([f"x^2{_signed(v - u)}x{_signed(-u * v)}", f"(x-{u})(x+{v})", f"(x+{v})(x-{u})", f"x^{{2}}{_signed(v - u)}x{_signed(-u * v)}"],
+         [f"x^2{_signed(u - v)}x{_signed(-u * v)}", f"(x-{u})^2", f"x^2{_signed(-u * v)}"]),
+        ([f"[{lo}, {hi})", f"[{lo},{hi})", rf"\left[{lo}, {hi}\right)"], [f"[{lo},{hi}]", f"({lo},{hi})", f"[{lo}, {hi + 1})"]),
+        ([f"({u}, -{v})", f"({u},-{v})", rf"\left({u}, -{v}\right)"], [f"(-{v}, {u})", f"({u}, {v})", f"({v}, -{u})"]),
+        ([f"{u}, {u + v}", f"{u + v}, {u}", rf"\{{{u}, {u + v}\}}"], [f"{u}, {u + v + 1}", str(u), f"{u}, {u + v}, {v + 20}"]),
+        ([f"({letter})", letter, rf"\text{{({letter})}}", rf"\textbf{{{letter}}}"],
+         [others[0], others[1], f"({others[2]})", rf"\text{{({others[0]})}}"]),
+    ]
+
+
 ADVERSARIAL = [
     "2^{2^{2^{2^{2^{2}}}}}", "((10^{9})!)!", "{" * 25_000 + "1" + "}" * 25_000, "9^{9^{9}}", r"\sin(10^{9^{9}})",
     "(x+1)^{10000}", r"\frac{1}{", r"\sqrt{{{", r"10^{10^{10}}", "100000!",
@@ -63,7 +87,8 @@ def make_workload(n_prompts: int, n_votes: int, seed: int) -> tuple[list[list[st
     prompts, truths = [], []
     adversarial_slots = set(rng.sample(range(n_prompts * n_votes), 20))
     for p in range(n_prompts):
-        forms, wrong = KINDS[p % len(KINDS)]
+        kinds = _kinds(rng)
+        forms, wrong = kinds[p % len(kinds)]
         accuracy = rng.uniform(0.15, 0.9)
         responses = []
         for v in range(n_votes):
@@ -134,35 +159,11 @@ def symbolic_pairs(n: int, seed: int) -> list[tuple[str, str]]:
     return list(dict.fromkeys(out))[:n]
 
 
-def run_sequential(prompts, sym) -> dict:
-    clear_caches()
-    seq = SequentialGrader()
-    t0 = time.perf_counter()
-    votes, rewards = step(prompts, seq)
-    step_s = time.perf_counter() - t0
+def timed(fn):
     clear_caches()
     t0 = time.perf_counter()
-    sym_verdicts = SequentialGrader().grade_pairs(sym)
-    return dict(step_s=step_s, sym_s=time.perf_counter() - t0, votes=votes, rewards=rewards, sym=sym_verdicts,
-                jobs=seq.jobs)
-
-
-def run_pool(prompts, sym, workers: int) -> dict:
-    with GradingPool(num_workers=workers, timeout_s=5.0) as pool:  # a fresh pool: cold parse caches, like the baseline
-        t0 = time.perf_counter()
-        pool.warmup()
-        startup_s = time.perf_counter() - t0
-        clear_caches()
-        t0 = time.perf_counter()
-        votes, rewards = step(prompts, pool)
-        step_s = time.perf_counter() - t0
-        stats = dict(pool.stats)
-        clear_caches()
-        t0 = time.perf_counter()
-        sym_verdicts = pool.grade_pairs(sym)
-        sym_s = time.perf_counter() - t0
-    return dict(step_s=step_s, sym_s=sym_s, votes=votes, rewards=rewards, sym=sym_verdicts, stats=stats,
-                startup_s=startup_s)
+    out = fn()
+    return out, time.perf_counter() - t0
 
 
 def main() -> None:
@@ -172,46 +173,59 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--symbolic-pairs", type=int, default=200)
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per side; the best is reported")
+    ap.add_argument("--repeats", type=int, default=3, help="timed steps per side, each on a fresh workload")
     args = ap.parse_args()
-    prompts, truths = make_workload(args.prompts, args.votes, args.seed)
-    sym = symbolic_pairs(args.symbolic_pairs, args.seed)
+    warm_prompts, _ = make_workload(args.prompts, args.votes, args.seed + 10_000)
 
+    # Steady state, as in training: one long-lived grader per side, warmed by the same untimed earlier step.
     t0 = time.perf_counter()
-    warm_up()  # the sequential side's one-time imports and parser warm-up, exactly what each pool worker does
+    warm_up()
+    seq = SequentialGrader()
+    step(warm_prompts, seq)
     seq_warmup_s = time.perf_counter() - t0
-    seq_runs, pool_runs = [], []
-    for _ in range(args.repeats):
-        seq_runs.append(run_sequential(prompts, sym))
-        pool_runs.append(run_pool(prompts, sym, args.workers))
-    ref = seq_runs[0]
-    identical = all([(v.label, v.ratio) for v in r["votes"]] == [(v.label, v.ratio) for v in ref["votes"]]
-                    and r["rewards"] == ref["rewards"] and r["sym"] == ref["sym"] for r in seq_runs + pool_runs)
-    best = {name: min(r[key] for r in runs) for name, runs in (("seq", seq_runs), ("pool", pool_runs))
-            for key in ("step_s",)}
-    sym_best = {name: min(r["sym_s"] for r in runs) for name, runs in (("seq", seq_runs), ("pool", pool_runs))}
-    stats = pool_runs[0]["stats"]
-    label_ok = sum(bool(v.label is not None and (fast_grade(v.label, t) if fast_grade(v.label, t) is not None
-                                                 else symbolic_grade(*normalized_pair(v.label, t))))
-                   for v, t in zip(ref["votes"], truths))
-    n_resp = sum(len(p) for p in prompts)
-    for i, (sr, pr) in enumerate(zip(seq_runs, pool_runs)):
-        print(f"run {i}: step pool {pr['step_s']:.3f} s / sequential {sr['step_s']:.3f} s; symbolic-only "
-              f"pool {pr['sym_s']:.3f} s / sequential {sr['sym_s']:.3f} s; pool start-up {pr['startup_s']:.2f} s")
-    print(f"{n_resp} responses, symbolic jobs {stats['jobs']} (sequential {ref['jobs']}), fast verdicts "
-          f"{stats['fast']}, labels equal to truth {label_ok}/{len(prompts)}, identical={identical}, "
+    pool = GradingPool(num_workers=args.workers, timeout_s=5.0)
+    t0 = time.perf_counter()
+    pool.warmup()
+    pool_startup_s = time.perf_counter() - t0
+    step(warm_prompts, pool)
+    pool_warmup_s = time.perf_counter() - t0
+
+    runs = []
+    with pool:
+        for r in range(args.repeats):  # each repeat: a new step (new answers), sequential then pool
+            prompts, truths = make_workload(args.prompts, args.votes, args.seed + r)
+            sym = symbolic_pairs(args.symbolic_pairs, args.seed + r)
+            jobs0 = pool.stats["jobs"]
+            (seq_out, seq_s), (pool_out, pool_s) = timed(lambda: step(prompts, seq)), timed(lambda: step(prompts, pool))
+            pool_jobs = pool.stats["jobs"] - jobs0
+            (seq_sym, seq_sym_s), (pool_sym, pool_sym_s) = timed(lambda: seq.grade_pairs(sym)), timed(lambda: pool.grade_pairs(sym))
+            same = ([(v.label, v.ratio) for v in seq_out[0]] == [(v.label, v.ratio) for v in pool_out[0]]
+                    and seq_out[1] == pool_out[1] and seq_sym == pool_sym)
+            label_ok = sum(bool(v.label is not None and pool.grade_pairs([(v.label, t)])[0])
+                           for v, t in zip(pool_out[0], truths))
+            runs.append(dict(seq_s=seq_s, pool_s=pool_s, seq_sym_s=seq_sym_s, pool_sym_s=pool_sym_s, same=same,
+                             label_ok=label_ok, pool_jobs=pool_jobs, sym_pairs=len(sym)))
+            print(f"step {r}: pool {pool_s:.3f} s / sequential {seq_s:.3f} s ({pool_jobs} symbolic jobs, labels = "
+                  f"truth {label_ok}/{len(prompts)}); {len(sym)} symbolic-only pairs: pool {pool_sym_s:.3f} s / "
+                  f"sequential {seq_sym_s:.3f} s; identical={same}")
+        stats = dict(pool.stats)
+
+    best = {k: min(r[k] for r in runs) for k in ("seq_s", "pool_s", "seq_sym_s", "pool_sym_s")}
+    n_resp = args.prompts * args.votes
+    print(f"{n_resp} responses per step; pool start-up {pool_startup_s:.2f} s (+ warm-up step {pool_warmup_s - pool_startup_s:.2f} s), "
+          f"sequential warm-up {seq_warmup_s:.2f} s; timeouts {stats['timeouts']}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
     result = {
         "bench": "voting", "prompts": args.prompts, "votes_per_prompt": args.votes, "responses": n_resp,
         "workers": args.workers, "cpus": os.cpu_count(), "repeats": args.repeats,
-        "pool_s": round(best["pool"], 4), "sequential_s": round(best["seq"], 4),
-        "speedup": round(best["seq"] / best["pool"], 2),
-        "pool_startup_s": round(min(r["startup_s"] for r in pool_runs), 3), "sequential_warmup_s": round(seq_warmup_s, 3),
-        "symbolic_jobs": stats["jobs"], "timeouts": stats["timeouts"], "fast_verdicts": stats["fast"],
-        "label_equals_truth": label_ok, "identical_results": identical,
-        "symbolic_pairs": len(sym), "symbolic_pool_s": round(sym_best["pool"], 4),
-        "symbolic_sequential_s": round(sym_best["seq"], 4),
-        "symbolic_speedup": round(sym_best["seq"] / sym_best["pool"], 2),
+        "pool_s": round(best["pool_s"], 4), "sequential_s": round(best["seq_s"], 4),
+        "speedup": round(best["seq_s"] / best["pool_s"], 2),
+        "symbolic_jobs_per_step": [r["pool_jobs"] for r in runs],
+        "symbolic_pairs": runs[0]["sym_pairs"], "symbolic_pool_s": round(best["pool_sym_s"], 4),
+        "symbolic_sequential_s": round(best["seq_sym_s"], 4),
+        "symbolic_speedup": round(best["seq_sym_s"] / best["pool_sym_s"], 2),
+        "pool_startup_s": round(pool_startup_s, 3), "timeouts": stats["timeouts"],
+        "label_equals_truth": [r["label_ok"] for r in runs], "identical_results": all(r["same"] for r in runs),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
     print("RESULT " + json.dumps(result))
