@@ -73,7 +73,8 @@ def test_grpo_nsr_run_logs_verl_metrics_and_outputs(baseline):
     assert all(steps[s]["rollout/actor_logprob_diff_max"] < 1e-3 for s in (1, 2, 3))
     assert all(steps[s]["training/grpo_nsr_pos_weight"] == 0.1 for s in (1, 2, 3))
     rows = read_jsonl(run_dir / "rollouts" / "1.jsonl")
-    assert len(rows) == 4 * 2 and {"prompt", "response", "answer", "pseudo_label", "ground_truth", "score"} <= set(rows[0])
+    assert len(rows) == 4 * 2
+    assert {"prompt", "response", "answer", "pseudo_label", "ground_truth", "score"} <= set(rows[0])
     assert len(read_jsonl(run_dir / "val" / "0.jsonl")) == 4 * 2
     assert (run_dir / "config.yaml").is_file() and (run_dir / "metrics.png").stat().st_size > 0
     ckpt = run_dir / "ckpt"

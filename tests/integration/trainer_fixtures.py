@@ -69,7 +69,8 @@ def overrides(inputs: dict[str, Path], run_dir: Path, *, estimator: str = "grpo_
 
 
 def _env(run_dir: Path) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1", TOKENIZERS_PARALLELISM="false", VLLM_ENABLE_V1_MULTIPROCESSING="0",
+    env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1", TOKENIZERS_PARALLELISM="false",
+               VLLM_ENABLE_V1_MULTIPROCESSING="0",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), CUDA_VISIBLE_DEVICES="")
     env["VLLM_CACHE_ROOT"] = str(run_dir / "vllm_cache")
     return env

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
 
 from ttrl_megatron.protocol import DataProto, to_object_array
@@ -100,21 +99,3 @@ def merge_rollouts(parts: list[RolloutOutput]) -> RolloutOutput:
         logprobs=[lp for p in parts for lp in p.logprobs] if with_lp else None,
         finish_reasons=[f for p in parts for f in p.finish_reasons],
     )
-
-
-def slice_prompts(prompts: dict, start: int, end: int) -> dict:
-    """Rows [start, end) of a collated prompt batch (tensors and lists alike)."""
-    return {k: v[start:end] for k, v in prompts.items()}
-
-
-def response_texts_by_prompt(batch: DataProto, n: int) -> list[list[str]]:
-    """The decoded responses grouped per prompt (prompt-major batch of n rows per prompt)."""
-    texts = list(batch.obj("response_text"))
-    return [texts[i:i + n] for i in range(0, len(texts), n)]
-
-
-def object_column(batch: DataProto, key: str, default=None) -> np.ndarray:
-    """``non_tensor_batch[key]``, or a column of ``default`` when the batch lacks it."""
-    if key in batch.non_tensor_batch:
-        return batch.non_tensor_batch[key]
-    return to_object_array([default] * len(batch))

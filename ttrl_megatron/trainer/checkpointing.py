@@ -1,12 +1,13 @@
-"""Trainer checkpoints: ``<default_local_dir>/global_step_<N>/{actor,critic,extra}`` + ``latest_checkpointed_iteration.txt``.
+"""Trainer checkpoints: ``<default_local_dir>/global_step_<N>/{actor,critic,extra}`` + the tracker file
+``latest_checkpointed_iteration.txt``.
 
 Layout of one checkpoint (every part is written by ALL ranks collectively unless noted):
     actor/   ttrl_checkpoint.json + weights/ (megatron dist-checkpoint, any-layout loadable) + hf/ (config/tokenizer):
              exactly what ``megatron/checkpoint.py`` writes, so ``python -m converters.megatron_to_hf --megatron-dir
              .../global_step_N/actor`` exports any saved step.
-    actor/optim/   optimizer + lr scheduler per rank (``rank_<r>.pt``: megatron's ``optimizer.state_dict()``; with
-             the distributed optimizer also ``param_state_tp<t>_pp<p>.pt``, megatron's ``save_parameter_state``).
-             Resuming needs the same parallel layout (checked, with an error naming both layouts).
+    actor/optim/   optimizer + lr scheduler per rank (``rank_<r>.pt``, see ``optimizer_state``). Resuming needs the
+             same parallel layout (checked, with an error naming both layouts). Not a dist-checkpoint:
+             megatron/checkpoint.py covers weights only so far.
     critic/  same as actor (value model), when a critic exists.
     extra/   ``state.pt`` (rank 0: step, data sampler position, KL controller, layout) + ``rng_rank<r>.pt`` per rank.
 
@@ -33,7 +34,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ttrl_megatron.distributed import ParallelLayout
 
 TRACKER = "latest_checkpointed_iteration.txt"
 STEP_DIR = re.compile(r"^global_step_(\d+)$")
@@ -93,15 +93,8 @@ def parse_step(path: str | os.PathLike) -> int:
 
 
 # ------------------------------------------------------------------ one role (actor or critic)
-def _optim_files(role_dir: Path) -> tuple[Path, Path]:
-    """(this rank's optimizer file, the distributed-optimizer parameter-state file of its (tp, pp) coordinates,
-    shared by the DP group: megatron gathers to / scatters from DP rank 0)."""
-    from ttrl_megatron.megatron.engine import Ranks
-
-    r = Ranks.current()
-    coords = ParallelLayout(tp=r.tp_size, pp=r.pp_size, dp=r.dp_size).coords(_rank())
-    optim = role_dir / "optim"
-    return optim / f"rank_{_rank():05d}.pt", optim / f"param_state_tp{coords['tp']}_pp{coords['pp']}.pt"
+def _optim_file(role_dir: Path) -> Path:
+    return role_dir / "optim" / f"rank_{_rank():05d}.pt"
 
 
 def _layout_record() -> dict:
@@ -109,6 +102,36 @@ def _layout_record() -> dict:
 
     r = Ranks.current()
     return {"tp": r.tp_size, "pp": r.pp_size, "dp": r.dp_size, "world": dist.get_world_size()}
+
+
+def _leaves(optimizer) -> list:
+    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def optimizer_state(optimizer, distributed: bool):
+    """This rank's optimizer state. Non-distributed: megatron's ``state_dict()`` (complete). Distributed optimizer:
+    per chained optimizer, the inner torch optimizer's state (this rank's shard: exp_avg, exp_avg_sq, step) and the
+    fp32 main-parameter shards of half-precision models. (megatron's ``save/load_parameter_state`` would gather to
+    DP rank 0, but its loader expects fused-Adam state without a per-parameter ``step`` and fails with torch's Adam,
+    which is what runs without Apex/TE.)"""
+    if not distributed:
+        return optimizer.state_dict()
+    return [{"inner": o.optimizer.state_dict(),
+             "main": [[p.detach().clone() for p in group]
+                      for group in getattr(o, "shard_fp32_from_float16_groups", [])]}
+            for o in _leaves(optimizer)]
+
+
+@torch.no_grad()  # main params may be views of trainable model params
+def load_optimizer_state(optimizer, state, distributed: bool) -> None:
+    if not distributed:
+        optimizer.load_state_dict(state)
+        return
+    for opt, saved in zip(_leaves(optimizer), state, strict=True):
+        opt.optimizer.load_state_dict(saved["inner"])
+        for group, values in zip(getattr(opt, "shard_fp32_from_float16_groups", []), saved["main"], strict=True):
+            for param, value in zip(group, values, strict=True):
+                param.copy_(value)
 
 
 def save_role(role, role_dir: Path, hf_source_dir: str | None, distributed_optimizer: bool) -> None:
@@ -121,14 +144,13 @@ def save_role(role, role_dir: Path, hf_source_dir: str | None, distributed_optim
     save_model_checkpoint(unwrap(role.model[0]), str(role_dir), hf_source_dir)
     if role.optimizer is None:
         return
-    rank_file, param_file = _optim_files(role_dir)
+    path = _optim_file(role_dir)
     if _rank() == 0:
-        rank_file.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
     _barrier()
-    torch.save({"optimizer": role.optimizer.state_dict(), "scheduler": role.scheduler.state_dict(),
-                "layout": _layout_record()}, rank_file)
-    if distributed_optimizer:
-        role.optimizer.save_parameter_state(str(param_file))  # collective over DP; written by DP rank 0
+    torch.save({"optimizer": optimizer_state(role.optimizer, distributed_optimizer),
+                "scheduler": role.scheduler.state_dict(), "layout": _layout_record(),
+                "distributed_optimizer": distributed_optimizer}, path)
     _barrier()
 
 
@@ -143,17 +165,16 @@ def load_role(role, role_dir: Path, distributed_optimizer: bool) -> None:
     load_model_checkpoint(unwrap(role.model[0]), str(role_dir))
     if role.optimizer is None:
         return
-    rank_file, param_file = _optim_files(role_dir)
-    if not rank_file.is_file():
-        raise ResumeError(f"{rank_file} is missing: resume with the same number of processes as the saved run")
-    state = torch.load(rank_file, map_location="cpu", weights_only=False)
-    if state["layout"] != _layout_record():
-        raise ResumeError(f"{role_dir}: optimizer saved with layout {state['layout']} but this run has "
-                          f"{_layout_record()}; resume with the same parallel layout (weights alone load at any "
-                          f"layout via converters)")
-    role.optimizer.load_state_dict(state["optimizer"])
-    if distributed_optimizer:
-        role.optimizer.load_parameter_state(str(param_file))
+    path = _optim_file(role_dir)
+    if not path.is_file():
+        raise ResumeError(f"{path} is missing: resume with the same number of processes as the saved run")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["layout"] != _layout_record() or state["distributed_optimizer"] != distributed_optimizer:
+        raise ResumeError(f"{role_dir}: optimizer saved with layout {state['layout']} (distributed optimizer: "
+                          f"{state['distributed_optimizer']}) but this run has {_layout_record()} "
+                          f"({distributed_optimizer}); resume with the same parallel layout and "
+                          f"use_distributed_optimizer (the weights alone load at any layout, e.g. via converters/)")
+    load_optimizer_state(role.optimizer, state["optimizer"], distributed_optimizer)
     role.scheduler.load_state_dict(state["scheduler"])
 
 

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from ttrl_megatron.protocol import DataProto
 from ttrl_megatron.rollout.base import RolloutOutput, SamplingConfig, derive_seed
 
-from .assemble import assemble_batch, merge_rollouts, prompt_uids, slice_prompts, split_evenly
+from .assemble import assemble_batch, merge_rollouts, prompt_uids, split_evenly
 
 TRAIN, VALIDATION = 0, 1  # the "purpose" key of the derived seeds
 
@@ -61,7 +61,3 @@ def generate_batch(engine, tokenizer, prompts: dict, n: int, sampling: SamplingC
 
     return assemble_batch(prompts, rollout, uids=prompt_uids(step, prompts["input_ids"].shape[0]),
                           pad_token_id=tokenizer.pad_token_id, response_length=response_length, decode=decode)
-
-
-__all__ = ["TRAIN", "VALIDATION", "all_gather_objects", "broadcast_object", "generate_batch", "generate_dp",
-           "sampling_for", "slice_prompts"]

@@ -109,6 +109,25 @@ class WandbLogger:
         self.run.finish()
 
 
+def check_loggers(loggers: list[str]) -> None:
+    """Fail at start-up (before models are built) when a selected logger cannot work."""
+    for name in loggers:
+        if name == "tensorboard":
+            try:
+                import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
+            except ImportError as exc:
+                raise TrackerError("trainer.logger contains 'tensorboard' but the tensorboard package is not "
+                                   "installed: pip install tensorboard, or remove it from trainer.logger") from exc
+        elif name == "wandb":
+            try:
+                import wandb  # noqa: F401
+            except ImportError as exc:
+                raise TrackerError("trainer.logger contains 'wandb' but wandb is not installed: pip install wandb, "
+                                   "or remove it from trainer.logger") from exc
+        elif name not in ("console", "jsonl"):
+            raise TrackerError(f"trainer.logger: unknown logger {name!r}; use console, jsonl, tensorboard, wandb")
+
+
 class Tracker:
     """Fans each step's metrics out to the selected loggers. ``close()`` at the end of the run."""
 

@@ -38,7 +38,7 @@ from .dumps import generation_rows, write_jsonl
 from .generation import TRAIN, generate_batch, sampling_for
 from .labels import RewardStep
 from .metrics import PhaseTimer, compute_data_metrics, throughput_metrics
-from .tracking import Tracker
+from .tracking import Tracker, check_loggers
 from .validation import Validator
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class TTRLTrainer:
     # ------------------------------------------------------------------ setup
     def setup(self) -> "TTRLTrainer":
         cfg, tr, arr = self.cfg, self.cfg.trainer, self.cfg.actor_rollout_ref
+        check_loggers(tr.logger)
         self.layout = B.init_parallel(arr.actor.megatron, tr.device, tr.seed)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.tokenizer = load_tokenizer(cfg.data.tokenizer, arr.model.trust_remote_code)
@@ -237,7 +238,10 @@ class TTRLTrainer:
             self.global_step += 1
             step, last = self.global_step, self.global_step == self.total_steps
             if self.validator is not None and tr.test_freq > 0 and (step % tr.test_freq == 0 or last):
-                metrics.update(self.validator.run(step))
+                timer = PhaseTimer()
+                with timer("testing"):
+                    metrics.update(self.validator.run(step))
+                metrics.update(timer.metrics())
             self.log(metrics, step)  # logged before the checkpoint: a kill after it never loses a logged step
             if tr.save_freq > 0 and (step % tr.save_freq == 0 or last):
                 self.save_checkpoint()

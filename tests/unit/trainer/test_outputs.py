@@ -135,3 +135,24 @@ def test_latest_checkpoint_absent_broken_and_repaired(tmp_path):
     assert C.parse_step(tmp_path / "global_step_12") == 12
     with pytest.raises(C.ResumeError, match="global_step_<N>"):
         C.parse_step(tmp_path / "step12")
+
+
+def test_check_loggers_fails_early_for_missing_packages(monkeypatch):
+    import builtins
+
+    from ttrl_megatron.trainer.tracking import check_loggers
+
+    check_loggers(["console", "jsonl"])
+    real_import = builtins.__import__
+
+    def missing(name, *args, **kwargs):
+        if name in ("tensorboard", "wandb"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", missing)
+    for name in ("tensorboard", "wandb"):
+        with pytest.raises(TrackerError, match=f"'{name}'.*pip install {name}"):
+            check_loggers([name])
+    with pytest.raises(TrackerError, match="unknown logger"):
+        check_loggers(["mlflow"])
