@@ -164,7 +164,16 @@ def test_second_engine_same_seed_reproduces_and_bytes_transport(
         stats = twin.update_weights(new)
         assert stats["calls"] >= 2 and stats["tensors"] == len(new)
         responses = _fixed_responses(prompts)
-        assert _max_err(twin, _hf(model_dir, new), prompts, responses) < TOL
+        hf_new = _hf(model_dir, new)
+        assert _max_err(twin, hf_new, prompts, responses) < TOL
+        # Bit-exact: the updated engine scores like an engine started from the saved new weights.
+        saved = tmp_path_factory.mktemp("saved_new")
+        hf_new.save_pretrained(saved, safe_serialization=True)
+        fresh = VLLMRolloutEngine(_config(saved, tmp_path_factory))
+        try:
+            assert fresh.compute_logprobs(prompts, responses) == twin.compute_logprobs(prompts, responses)
+        finally:
+            fresh.shutdown()
     finally:
         twin.shutdown()
 
