@@ -152,11 +152,18 @@ def _param_err(megatron_model, ref_model, skip=()):
     from ttrl_megatron.megatron.hf_io import iter_hf_weights
 
     ref = dict(ref_model.state_dict())
-    err = 0.0
-    for name, tensor in iter_hf_weights(unwrap(megatron_model)):
-        if name in skip:
-            continue
-        err = max(err, float((tensor - ref[name]).abs().max()))
+    gpt = unwrap(megatron_model)
+    # hf_io refuses to export a value model as a causal LM; its trunk exports like a tied LM's (no output layer)
+    is_value = gpt.ttrl_value_head
+    gpt.ttrl_value_head = False
+    try:
+        err = 0.0
+        for name, tensor in iter_hf_weights(gpt):
+            if name in skip:
+                continue
+            err = max(err, float((tensor - ref[name]).abs().max()))
+    finally:
+        gpt.ttrl_value_head = is_value
     return err
 
 

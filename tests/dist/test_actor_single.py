@@ -154,10 +154,12 @@ def _error_cases(hf_dir, batch, ref, actor):
     model_cfg, actor_cfg, rollout = _configs(hf_dir)
     offload_cfg = dataclasses.replace(actor_cfg, megatron=dataclasses.replace(actor_cfg.megatron, param_offload=True))
     bad_mini = _configs(hf_dir, ppo_mini_batch_size=3)
+    override_model = dataclasses.replace(model_cfg, override_config={"num_hidden_layers": 1})
     return {
         "missing_key": lambda: actor.update_policy(DataProto(no_adv)),
         "ref_update": lambda: ref.update_policy(DataProto(dict(batch))),
         "offload": lambda: build_actor(model_cfg, offload_cfg, rollout),
+        "override": lambda: build_actor(override_model, actor_cfg, rollout),
         "mini_batch": lambda: build_actor(*bad_mini).update_policy(DataProto(dict(batch))),
         "no_micro": lambda: ActorEngineConfig(ppo_micro_batch_size_per_gpu=None).validate(),
         "token_budget": lambda: _tiny_budget(actor, batch),
@@ -217,6 +219,7 @@ def test_bf16_runs_close_to_fp32(results):
     ("missing_key", ["advantages"]),
     ("ref_update", ["frozen"]),
     ("offload", ["param_offload"]),
+    ("override", ["override_config"]),
     ("mini_batch", ["ppo_mini_batch_size"]),
     ("no_micro", ["ppo_micro_batch_size_per_gpu"]),
     ("token_budget", ["ppo_max_token_len_per_gpu"]),

@@ -38,9 +38,10 @@ from ttrl_megatron.algorithms import agg_loss, compute_policy_loss, kl_penalty
 from ttrl_megatron.algorithms.agg import LOSS_AGG_MODES
 from ttrl_megatron.megatron.batching import MicroBatch
 from ttrl_megatron.megatron.engine import (
-    BatchingConfig, GlobalCounts, RoleEngine, build_model_chunks, reject_unsupported, require_keys, response_logprobs,
-    response_mask_of,
+    BatchingConfig, GlobalCounts, RoleEngine, build_model_chunks, reject_model_overrides, reject_unsupported,
+    require_keys, response_mask_of,
 )
+from ttrl_megatron.megatron.logprobs import mask_padded_vocab, response_logprobs, vocab_parallel_entropy
 from ttrl_megatron.megatron.optimizer import OptimConfig
 from ttrl_megatron.protocol import DataProto
 
@@ -265,8 +266,6 @@ class MegatronActor:
 
     def _entropy(self, output: torch.Tensor, mb: MicroBatch, grad: bool) -> torch.Tensor:
         """Per-token entropy ``[b, R']`` of the response positions (with gradient only for the entropy bonus)."""
-        from ttrl_megatron.megatron.engine import mask_padded_vocab, vocab_parallel_entropy
-
         p, r = mb.prompt_width, mb.response_width
         logits = output[:, p - 1: p + r - 1]
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
@@ -282,6 +281,7 @@ def build_actor(model, actor, rollout, prefix: str = "actor_rollout_ref") -> Meg
     ``model.use_remove_padding`` is accepted either way: padding columns are always trimmed per micro-batch;
     token packing (THD) is not used (megatron's local attention cannot take packed sequences without TE).
     """
+    reject_model_overrides(model, f"{prefix}.model")
     engine_cfg = ActorEngineConfig.from_config(actor, rollout.n, f"{prefix}.actor")
     optim = OptimConfig.from_config(actor.optim, actor.megatron.use_distributed_optimizer, f"{prefix}.actor.optim")
     log_prob = LogProbConfig.from_config(rollout, rollout.temperature, f"{prefix}.rollout")
@@ -293,6 +293,7 @@ def build_actor(model, actor, rollout, prefix: str = "actor_rollout_ref") -> Meg
 def build_reference(model, ref, rollout, dtype: str, prefix: str = "actor_rollout_ref") -> MegatronActor:
     """The frozen reference policy (no optimizer) from ``config.ModelConfig`` and ``config.RefConfig``;
     ``dtype`` = ``actor.megatron.dtype``."""
+    reject_model_overrides(model, f"{prefix}.model")
     reject_unsupported(ref.megatron, f"{prefix}.ref.megatron", trainable=False)
     log_prob = LogProbConfig.from_config(ref, rollout.temperature, f"{prefix}.ref")
     return MegatronActor(build_model_chunks(model.path, dtype), log_prob, param_offload=ref.megatron.param_offload)

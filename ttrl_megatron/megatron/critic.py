@@ -27,8 +27,8 @@ from ttrl_megatron.algorithms import compute_value_loss, masked_mean
 from ttrl_megatron.algorithms.agg import LOSS_AGG_MODES
 from ttrl_megatron.megatron.batching import MicroBatch
 from ttrl_megatron.megatron.engine import (
-    BatchingConfig, GlobalCounts, RoleEngine, build_model_chunks, reject_unsupported, require_keys, response_mask_of,
-    unwrap,
+    BatchingConfig, GlobalCounts, RoleEngine, build_model_chunks, reject_model_overrides, reject_unsupported,
+    require_keys, response_mask_of, unwrap,
 )
 from ttrl_megatron.megatron.optimizer import OptimConfig
 from ttrl_megatron.protocol import DataProto
@@ -90,24 +90,14 @@ class CriticEngineConfig:
 
 
 def load_critic_weights(model: torch.nn.Module, hf_dir: str, head_weight: Optional[torch.Tensor] = None) -> None:
-    """Fill a value model stage from an HF causal LM: trunk from ``hf_dir``; value head = ``head_weight [1, h]``
-    (zero when None, so a fresh critic predicts 0). The LM head / tied output copy of the checkpoint is unused.
-
-    The value head is hidden from the loader while it runs, so the loader treats the stage as one without an
-    output layer (and skips the tied-embedding copy a causal LM's last stage would hold).
-    """
+    """Fill a value model stage from an HF causal LM: trunk from ``hf_dir`` (``hf_io.load_hf_weights`` loads a
+    value model's trunk only); value head = ``head_weight [1, h]``, zero when None (a fresh critic predicts 0)."""
     from ttrl_megatron.megatron.hf_io import load_hf_weights
 
     gpt = unwrap(model)
+    load_hf_weights(gpt, hf_dir)
     head = getattr(gpt, "output_layer", None)
-    if head is not None:
-        gpt.output_layer = None
-    try:
-        load_hf_weights(gpt, hf_dir)
-    finally:
-        if head is not None:
-            gpt.output_layer = head
-    if head is not None:
+    if head is not None:  # only the last pipeline stage holds the head
         with torch.no_grad():
             head.weight.copy_(torch.zeros_like(head.weight) if head_weight is None else head_weight.reshape(1, -1))
 
@@ -189,6 +179,7 @@ def _response_values(output: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
 def build_critic(critic, rows_per_prompt: int, dtype: str, prefix: str = "critic") -> MegatronCritic:
     """The critic from ``config.CriticConfig``: value model initialised from ``critic.model.path`` (HF causal LM
     trunk + zero value head); ``dtype`` = ``actor.megatron.dtype``; ``rows_per_prompt`` = rollout.n."""
+    reject_model_overrides(critic.model, f"{prefix}.model")
     cfg = CriticEngineConfig.from_config(critic, rows_per_prompt, prefix)
     optim = OptimConfig.from_config(critic.optim, critic.megatron.use_distributed_optimizer, f"{prefix}.optim")
     chunks = build_model_chunks(critic.model.path, dtype, value_head=True)

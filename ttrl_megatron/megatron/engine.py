@@ -1,9 +1,10 @@
 """Shared machinery of the actor, reference and critic engines: micro-batches through megatron-core's pipeline
-schedule, vocab-parallel log-probs/entropy, and the collectives that put results on every rank.
+schedule (``run_schedule``) and ``RoleEngine`` (model chunks + DDP + optimizer, forward-only and training loops),
+plus construction from the typed config (``build_model_chunks``, ``reject_unsupported``).
 
 Data contract: every rank receives the SAME full batch (the driver math runs on every rank, ARCHITECTURE.md).
-A rank processes only its data-parallel share (``dp_shard_rows``); results are broadcast from the last pipeline
-stage over the PP group and all-gathered over DP, so every rank returns the full ``[B, R]`` result.
+A rank processes only its data-parallel share; results are broadcast from the last pipeline stage over the PP
+group and all-gathered over DP (collectives.py), so every rank returns the full ``[B, R]`` result.
 
 Loss scaling, stated once (reference/algorithms-semantics.md §1.6, PLATFORM.md): megatron-core's schedule divides
 the loss returned by the loss function IN PLACE by ``num_microbatches`` (the 2-tuple loss path), and megatron DDP
@@ -24,30 +25,22 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tupl
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state, tensor_parallel
+from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.utils import get_model_config
 
 from ttrl_megatron.megatron import batching
 from ttrl_megatron.megatron.batching import MicroBatch
+from ttrl_megatron.megatron.collectives import (
+    all_gather_dp_rows, all_reduce_dp_sum, broadcast_from_last_stage, device, dp_shard_rows, sum_over_dp_last_stage,
+)
 from ttrl_megatron.megatron.model import left_padded_inputs
 
 if TYPE_CHECKING:
     from ttrl_megatron.megatron.optimizer import OptimConfig
 
-# Fill value for the logits of Megatron's padded vocabulary rows: exp() underflows to exactly 0, while
-# 0 * (fill - max) stays finite (with -inf the entropy would be 0 * inf = NaN).
-_PAD_LOGIT = -1.0e30
-
 # A loss function of one micro-batch: (micro-batch, last-stage model output) -> (loss share or None, outputs).
 LossFn = Callable[[MicroBatch, torch.Tensor], Tuple[Optional[torch.Tensor], Dict[str, torch.Tensor]]]
-
-
-def device() -> torch.device:
-    """Where the model computes and where collectives run: the current GPU with CUDA (NCCL), else the CPU (gloo)."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -77,65 +70,6 @@ class Ranks:
             dp=ps.get_data_parallel_rank(), dp_size=ps.get_data_parallel_world_size(),
             is_last_stage=ps.is_pipeline_last_stage(),
         )
-
-
-def dp_shard_rows(num_rows: int, dp_rank: int, dp_size: int, what: str = "batch") -> torch.Tensor:
-    """Row ids ``[num_rows / dp_size]`` of this DP rank's contiguous share; sizes must divide."""
-    if num_rows % dp_size:
-        raise ValueError(f"{what} of {num_rows} rows is not divisible by the data-parallel size {dp_size}")
-    share = num_rows // dp_size
-    return torch.arange(dp_rank * share, (dp_rank + 1) * share)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# vocab-parallel log-probs and entropy (no gather of the full vocabulary across TP)
-
-
-def mask_padded_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Give Megatron's padded vocabulary columns (ids >= ``vocab_size``) zero probability; ``[..., V/tp]``."""
-    local = logits.shape[-1]
-    start = parallel_state.get_tensor_model_parallel_rank() * local
-    if start + local <= vocab_size:
-        return logits
-    pad = torch.arange(start, start + local, device=logits.device) >= vocab_size
-    return logits.masked_fill(pad, _PAD_LOGIT)
-
-
-def vocab_parallel_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy ``[...]`` of softmax over the TP-sharded last dim of ``logits [..., V/tp]`` (differentiable).
-
-    ``H = log S - Q / S`` with ``S = sum_v exp(z_v - m)``, ``Q = sum_v exp(z_v - m)(z_v - m)`` (both all-reduced
-    over TP) and ``m`` the global max (a constant shift, so no gradient flows through it). The sums use
-    ``reduce_from_tensor_model_parallel_region`` (all-reduce forward, identity backward): every TP rank holds the
-    same downstream loss, so each rank's local logits get exactly their own share of the gradient.
-    """
-    local_max = logits.detach().max(dim=-1, keepdim=True).values
-    if parallel_state.get_tensor_model_parallel_world_size() > 1:
-        dist.all_reduce(local_max, op=dist.ReduceOp.MAX, group=parallel_state.get_tensor_model_parallel_group())
-    shifted = logits - local_max
-    exp = shifted.exp()
-    s = tensor_parallel.reduce_from_tensor_model_parallel_region(exp.sum(dim=-1))
-    q = tensor_parallel.reduce_from_tensor_model_parallel_region((exp * shifted).sum(dim=-1))
-    return s.log() - q / s
-
-
-def response_logprobs(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    vocab_size: int,
-    temperature: float,
-    with_entropy: bool,
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Log-probs ``[b, R]`` of ``targets [b, R]`` under ``logits [b, R, V/tp]`` / temperature, and entropy ``[b, R]``.
-
-    Uses megatron's vocab-parallel cross entropy (log p = -CE). That kernel subtracts the max from its input in
-    place, so it gets its own copy whenever the entropy also needs the logits.
-    """
-    scaled = mask_padded_vocab(logits.float() / temperature, vocab_size)
-    entropy = vocab_parallel_entropy(scaled) if with_entropy else None
-    ce_input = scaled.clone() if with_entropy else scaled
-    log_probs = -tensor_parallel.vocab_parallel_cross_entropy(ce_input, targets)
-    return log_probs, entropy
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -191,56 +125,6 @@ def run_schedule(
         forward_only=forward_only,
     )
     return list(out) if parallel_state.is_pipeline_last_stage() else []
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# collectives that put results on every rank
-
-
-def broadcast_from_last_stage(tensor: torch.Tensor) -> torch.Tensor:
-    """Copy the last pipeline stage's ``tensor`` to every stage (same shape and dtype expected everywhere)."""
-    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
-        return tensor
-    tensor = tensor.to(device()).contiguous()
-    dist.broadcast(
-        tensor,
-        src=parallel_state.get_pipeline_model_parallel_last_rank(),
-        group=parallel_state.get_pipeline_model_parallel_group(),
-    )
-    return tensor.cpu()
-
-
-def all_gather_dp_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate each DP rank's ``[B/dp, ...]`` share in DP-rank order -> ``[B, ...]`` on every rank."""
-    dp_size = parallel_state.get_data_parallel_world_size()
-    if dp_size == 1:
-        return tensor
-    tensor = tensor.to(device()).contiguous()
-    parts = [torch.empty_like(tensor) for _ in range(dp_size)]
-    dist.all_gather(parts, tensor, group=parallel_state.get_data_parallel_group())
-    return torch.cat(parts, dim=0).cpu()
-
-
-def sum_over_dp_last_stage(values: torch.Tensor) -> torch.Tensor:
-    """Sum a vector of last-stage values over DP ranks and hand the result to every rank.
-
-    One all-reduce over the whole world: non-last stages contribute zeros and every TP rank holds the same
-    values, so the world sum divided by the TP size is the DP sum of the last stage.
-    """
-    values = values.to(device(), torch.float64)
-    if not parallel_state.is_pipeline_last_stage():
-        values = torch.zeros_like(values)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(values)
-    return values.cpu() / parallel_state.get_tensor_model_parallel_world_size()
-
-
-def all_reduce_dp_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum ``values`` over the data-parallel group (e.g. token counts of each rank's share of a mini-batch)."""
-    values = values.to(device()).clone()
-    if parallel_state.get_data_parallel_world_size() > 1:
-        dist.all_reduce(values, group=parallel_state.get_data_parallel_group())
-    return values.cpu()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -497,6 +381,13 @@ def build_model_chunks(hf_dir: str, dtype: str, *, value_head: bool = False) -> 
     else:
         load_hf_weights(model, hf_dir)
     return [model]
+
+
+def reject_model_overrides(model, prefix: str) -> None:
+    """``*.model.override_config`` would change the architecture read from config.json; not supported here."""
+    if model.override_config:
+        raise ValueError(f"{prefix}.override_config={dict(model.override_config)} is not supported by the megatron "
+                         "engine (the architecture comes from the checkpoint's config.json); remove it")
 
 
 def reject_unsupported(megatron, prefix: str, *, trainable: bool) -> None:
