@@ -37,6 +37,7 @@ import torch
 from ttrl_megatron.algorithms import agg_loss, compute_policy_loss, kl_penalty
 from ttrl_megatron.algorithms.agg import LOSS_AGG_MODES
 from ttrl_megatron.megatron.batching import MicroBatch
+from ttrl_megatron.megatron.collectives import device
 from ttrl_megatron.megatron.engine import (
     BatchingConfig, GlobalCounts, RoleEngine, build_model_chunks, reject_model_overrides, reject_unsupported,
     require_keys, response_mask_of,
@@ -217,7 +218,7 @@ class MegatronActor:
         keys = need + (["response_mask"] if "response_mask" in tensors else [])
         width = tensors["responses"].shape[1]
         scale = cfg.loss_scale_factor if cfg.loss_scale_factor is not None else float(width)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = torch.Generator(device=device()).manual_seed(cfg.seed)  # clip_cov's draws happen where the tensors are
 
         def fn(counts: GlobalCounts, mb: MicroBatch, output: torch.Tensor):
             return self._policy_loss(counts, scale, gen, mb, output)
