@@ -15,14 +15,15 @@ Parity check (every `check.freq`-th push, and on demand via `check_parity`): a f
 token ids, the same on every rank, or sequences the caller passes) are scored teacher-forced by the engine
 (`compute_logprobs`, raw log-probs at temperature 1) and by the actor (`compute_log_prob`, with its log-prob
 temperature set to 1 for the duration of the call); reported as `rollout/actor_logprob_diff_max` / `_mean`
-(absolute log-prob difference over response tokens). Above `check.max_logprob_diff` it raises `SyncParityError`
+(absolute log-prob difference over response tokens; max / mean over all ranks' engines). Above `check.max_logprob_diff` it raises `SyncParityError`
 (default) or warns. NeMo-RL's `token_mult_prob_error` plays the same role (reference/megatron-rl-anchors.md §6).
 
 `rollout_probs_diff` is the train-inference mismatch on real rollouts (verl's `training/rollout_probs_diff_*`):
 pure torch, no communication.
 
-Imports the export (which reaches megatron through megatron/hf_io.py) and the rollout contract; never vllm,
-never megatron.core directly.
+Imports the export (which reaches megatron through megatron/hf_io.py), torch.distributed (the ranks agree on the
+parity verdict) and, lazily, the actor's batch container and layout; the engine is duck-typed (`update_weights`,
+`compute_logprobs`, optional `weight_spec`). Never vllm, never megatron.core directly.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
+import torch.distributed as dist
 
 from ttrl_megatron.bridge import export as E
 from ttrl_megatron.bridge import names as N
@@ -166,6 +168,19 @@ def logprob_diff(rollout: Sequence[Sequence[float]], actor: Sequence[Sequence[fl
             "rollout/actor_logprob_diff_mean": float(diffs.mean())}
 
 
+def _over_all_ranks(metrics: dict[str, float]) -> dict[str, float]:
+    """Max of the maxima and mean of the means over every rank's engine, so all ranks report and decide alike
+    (one rank raising while the others go on would hang them at their next collective)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return metrics
+    worst = torch.tensor([metrics["rollout/actor_logprob_diff_max"]], dtype=torch.float64)
+    mean = torch.tensor([metrics["rollout/actor_logprob_diff_mean"]], dtype=torch.float64)
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    dist.all_reduce(mean)
+    return {"rollout/actor_logprob_diff_max": float(worst),
+            "rollout/actor_logprob_diff_mean": float(mean) / dist.get_world_size()}
+
+
 # --- the driver ---------------------------------------------------------------------------------------------
 
 class WeightSync:
@@ -190,6 +205,7 @@ class WeightSync:
                              "compute_log_prob, e.g. MegatronActor); pass it or set check.freq=0")
         self.engine, self.check, self.actor = engine, check, actor
         dtype = next(self.model.parameters()).dtype
+        # the planned buckets (also checks bucket_bytes now rather than at the first push)
         self.plan = E.plan_buckets(self.facts, bucket_bytes, torch.empty((), dtype=dtype).element_size())
         self.bucket_bytes = bucket_bytes
         self.pushes = 0
@@ -228,7 +244,7 @@ class WeightSync:
 
         rollout = self.engine.compute_logprobs([list(p) for p in prompts], [list(r) for r in responses])
         actor = actor_logprobs(self.actor, prompts, responses, current_layout().dp)
-        metrics = logprob_diff(rollout, actor)
+        metrics = _over_all_ranks(logprob_diff(rollout, actor))
         worst = metrics["rollout/actor_logprob_diff_max"]
         if not worst <= self.check.max_logprob_diff:
             message = (f"weight sync parity: rollout vs actor log-probs differ by up to {worst:.3g} (mean "
