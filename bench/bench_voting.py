@@ -173,7 +173,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--symbolic-pairs", type=int, default=200)
-    ap.add_argument("--repeats", type=int, default=3, help="timed steps per side, each on a fresh workload")
+    ap.add_argument("--repeats", type=int, default=4, help="timed steps per side, each on a fresh workload")
     args = ap.parse_args()
     warm_prompts, _ = make_workload(args.prompts, args.votes, args.seed + 10_000)
 
@@ -192,13 +192,16 @@ def main() -> None:
 
     runs = []
     with pool:
-        for r in range(args.repeats):  # each repeat: a new step (new answers), sequential then pool
+        for r in range(args.repeats):  # each repeat: a new step (new answers), both sides, alternating order
             prompts, truths = make_workload(args.prompts, args.votes, args.seed + r)
             sym = symbolic_pairs(args.symbolic_pairs, args.seed + r)
             jobs0 = pool.stats["jobs"]
-            (seq_out, seq_s), (pool_out, pool_s) = timed(lambda: step(prompts, seq)), timed(lambda: step(prompts, pool))
+            order = (seq, pool) if r % 2 == 0 else (pool, seq)  # alternate who goes first
+            out = {id(g): timed(lambda g=g: step(prompts, g)) for g in order}
+            (seq_out, seq_s), (pool_out, pool_s) = out[id(seq)], out[id(pool)]
             pool_jobs = pool.stats["jobs"] - jobs0
-            (seq_sym, seq_sym_s), (pool_sym, pool_sym_s) = timed(lambda: seq.grade_pairs(sym)), timed(lambda: pool.grade_pairs(sym))
+            out = {id(g): timed(lambda g=g: g.grade_pairs(sym)) for g in order}
+            (seq_sym, seq_sym_s), (pool_sym, pool_sym_s) = out[id(seq)], out[id(pool)]
             same = ([(v.label, v.ratio) for v in seq_out[0]] == [(v.label, v.ratio) for v in pool_out[0]]
                     and seq_out[1] == pool_out[1] and seq_sym == pool_sym)
             label_ok = sum(bool(v.label is not None and pool.grade_pairs([(v.label, t)])[0])

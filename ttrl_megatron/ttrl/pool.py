@@ -7,8 +7,8 @@ long-lived spawner thread, so the pool works from any thread, under torchrun, an
 ``__main__``; the worker asks the kernel to kill it when that thread (i.e. the caller's process) dies.
 
 ``grade_pairs``: fast in-process verdicts first (``grading.fast_grade``), then dedupe by normalized (answer, label)
-pair and a verdict cache, then the remaining pairs are dispatched one at a time to idle workers (parallel across
-workers). A job that exceeds ``timeout_s`` (counted from when its worker received it) or whose worker dies is "not
+pair and a verdict cache, then the remaining pairs are dispatched to the workers (two queued per worker; pairs that
+share a label are routed to the same worker so its parse cache parses the label once). A job that exceeds ``timeout_s`` (counted from when its worker received it) or whose worker dies is "not
 equal"; the worker is killed and replaced. Verdicts depend only on the inputs (up to jobs within a hair of the
 deadline), never on scheduling. ``close()`` (or ``with GradingPool() as pool``, or interpreter exit) kills all workers.
 
@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import weakref
+import zlib
 from collections import deque
 from typing import Sequence
 
@@ -190,7 +191,7 @@ class GradingPool:
         runs them in order, and a job's deadline starts when the worker starts it (at the previous job's result).
         Returns a verdict per key; None for a job that timed out, whose worker died, or that never got a worker
         before the call's deadline (all mean "not equal" to the caller)."""
-        run = _Run(keys, timeout_s, total_timeout_s)
+        run = _Run(keys, timeout_s, total_timeout_s, self.num_workers)
         run.held = self._checkout(min(self.num_workers, len(keys)), block=True, until=run.deadline)
         try:
             while (run.pending or run.running) and run.held:
@@ -215,13 +216,13 @@ class GradingPool:
         if run.deadline is not None and time.monotonic() >= run.deadline:
             run.pending.clear()  # their verdicts stay None: "not equal"
             return
-        for w in list(run.held):
+        for slot, w in enumerate(list(run.held)):
             while w.ready and run.pending and len(run.running.get(w, ())) < PIPELINE_DEPTH:
-                job = run.pending.popleft()
+                job = run.pending.pop_for(slot)
                 try:
                     w.send((job, *run.keys[job]))
                 except OSError:  # died: this job never started, so it goes to another worker
-                    run.pending.appendleft(job)
+                    run.pending.push_front([job])
                     self._replace(run, w)
                     break
                 queue = run.running.setdefault(w, deque())
@@ -274,7 +275,7 @@ class GradingPool:
         queue = run.running.pop(w, None)
         if queue:
             queue.popleft()
-            run.pending.extendleft(job for job, _ in reversed(queue))
+            run.pending.push_front([job for job, _ in queue])
             if w.ready:
                 self.stats["worker_deaths"] += 1
         if not w.ready:
@@ -289,11 +290,11 @@ class GradingPool:
 class _Run:
     """State of one ``_run_jobs`` call."""
 
-    def __init__(self, keys: list[tuple[str, str]], timeout_s: float, total_timeout_s: float | None):
+    def __init__(self, keys: list[tuple[str, str]], timeout_s: float, total_timeout_s: float | None, n_slots: int):
         self.keys, self.timeout_s = keys, timeout_s
         self.deadline = None if total_timeout_s is None else time.monotonic() + total_timeout_s
         self.results: list[bool | None] = [None] * len(keys)
-        self.pending = deque(range(len(keys)))
+        self.pending = _JobQueues(keys, n_slots)
         self.running: dict[Worker, deque[list]] = {}  # worker -> [[job, deadline or None (queued)], ...]
         self.held: list[Worker] = []
         self.start_failures = 0
@@ -302,6 +303,38 @@ class _Run:
         """Deadline of a job a worker starts now: ``timeout_s`` from now, capped by the call's deadline."""
         deadline = time.monotonic() + self.timeout_s
         return deadline if self.deadline is None else min(deadline, self.deadline)
+
+
+class _JobQueues:
+    """Pending jobs routed by their ground-truth string: pairs that share a label go to the same worker slot, whose
+    math-verify parse cache then parses that label once (parsing is ~90% of a symbolic grade; without routing every
+    worker re-parses every label and two workers do nearly twice the work). An idle worker with an empty queue steals
+    from the longest other queue, so routing never leaves a worker idle."""
+
+    def __init__(self, keys: list[tuple[str, str]], n_slots: int):
+        self.queues = [deque() for _ in range(max(1, n_slots))]
+        for job, (_, truth) in enumerate(keys):
+            self.queues[zlib.crc32(truth.encode("utf-8", "replace")) % len(self.queues)].append(job)
+        self.count = len(keys)
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def pop_for(self, slot: int) -> int:
+        own = self.queues[slot % len(self.queues)]
+        source = own if own else max(self.queues, key=len)
+        self.count -= 1
+        return source.popleft() if source is own else source.pop()
+
+    def push_front(self, jobs: list[int]) -> None:
+        """Return jobs that never ran (their worker died) to the front of the first queue, in order."""
+        self.queues[0].extendleft(reversed(jobs))
+        self.count += len(jobs)
+
+    def clear(self) -> None:
+        for q in self.queues:
+            q.clear()
+        self.count = 0
 
 
 _DEFAULT: dict[int, GradingPool] = {}
