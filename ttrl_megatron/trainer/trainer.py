@@ -71,8 +71,7 @@ class TTRLTrainer:
         self.weight_sync = B.build_weight_sync(self.actor, self.engine, arch, arr.rollout.sync,
                                                 arr.rollout.max_model_len)
         self.kl_ctrl = get_kl_controller(cfg.algorithm.kl_ctrl) if cfg.algorithm.use_kl_in_reward else None
-        self.grader = GradingPool(ttrl.grader_workers if ttrl else cfg.ttrl.grader_workers,
-                                  cfg.ttrl.grade_timeout_s) if self.rank == 0 else None
+        self.grader = GradingPool(cfg.ttrl.grader_workers, cfg.ttrl.grade_timeout_s) if self.rank == 0 else None
         self.rewards = RewardStep(ttrl=ttrl, n_votes=self.n_votes, n_samples=self.n_samples,
                                   manager=self._reward_manager() if self.rank == 0 else None, grader=self.grader,
                                   seed=tr.seed, is_source=self.rank == 0)
