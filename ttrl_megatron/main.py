@@ -21,10 +21,9 @@ _HYDRA_DEFAULTS = ("hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_log
 
 
 def run(cfg) -> None:
-    """Validate and train. ``cfg`` is the root dataclass."""
+    """Train with a validated root config (dataclass)."""
     from ttrl_megatron.trainer.trainer import TTRLTrainer
 
-    validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     trainer = TTRLTrainer(cfg).setup()
     try:
         trainer.fit()
@@ -36,6 +35,7 @@ def run(cfg) -> None:
 def _hydra_main(composed) -> None:
     try:
         cfg = to_config(composed)
+        validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

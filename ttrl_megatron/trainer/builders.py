@@ -26,12 +26,23 @@ def init_parallel(megatron_cfg, device: str, seed: int) -> ParallelLayout:
     """torch.distributed (torchrun env) + megatron TP x PP x DP groups; seeds every RNG with ``seed``."""
     from ttrl_megatron.megatron.parallel import init_distributed
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if "RANK" not in os.environ:  # plain `python -m ttrl_megatron.main`: a one-process world on a free port
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    world = int(os.environ["WORLD_SIZE"])
     layout = ParallelLayout.from_world(world, megatron_cfg.tensor_model_parallel_size,
                                        megatron_cfg.pipeline_model_parallel_size,
                                        field_prefix="actor_rollout_ref.actor.megatron")
     init_distributed(layout, backend="gloo" if device == "cpu" else "nccl", seed=seed)
     return layout
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def model_arch(model: ModelConfig):
