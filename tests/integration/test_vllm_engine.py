@@ -8,6 +8,7 @@ a first Llama engine start costs several extra seconds, so it is not repeated he
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -142,10 +143,20 @@ def test_generate_n_samples_seeded_per_call_n(engine_and_first, model_dir, promp
         ids.append(int(hf(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
     assert greedy.response_ids[0] == ids[len(prompts[0]) :]
     stop_at = greedy.response_ids[0][2]
-    stopped = engine.generate(prompts[:1], 1, SamplingConfig(temperature=0.0, max_tokens=6, stop_token_ids=(stop_at,)))
+    cut = engine.generate(prompts[:1], 1, SamplingConfig(temperature=0.0, max_tokens=6, stop_token_ids=(stop_at,)))
     first_hit = greedy.response_ids[0].index(stop_at)
-    assert stopped.response_ids[0] == greedy.response_ids[0][: first_hit + 1]
-    assert stopped.finish_reasons == ["stop"]
+    assert cut.response_ids[0] == greedy.response_ids[0][: first_hit + 1]
+    assert cut.finish_reasons == ["stop"]
+    # EOS ends a row (kept as its last token); with ignore_eos the same seeded row runs on to max_tokens.
+    pinned = SamplingConfig(max_tokens=24, seed=7)
+    normal = engine.generate(prompts, 16, pinned)
+    longer = engine.generate(prompts, 16, dataclasses.replace(pinned, ignore_eos=True))
+    stopped = [r for r, reason in enumerate(normal.finish_reasons) if reason == "stop"]
+    assert stopped, "seed 7 should give at least one EOS among 48 rows x 24 tokens"
+    for r in stopped:
+        assert normal.response_ids[r][-1] == EOS_ID
+        assert longer.response_ids[r][: len(normal.response_ids[r])] == normal.response_ids[r]
+    assert all(len(r) == 24 for r in longer.response_ids) and set(longer.finish_reasons) == {"length"}
     assert engine.eos_token_ids == (EOS_ID,)
 
 

@@ -32,8 +32,9 @@ class SamplingConfig:
     temperature: 0 means greedy. top_k: -1 (or 0) disables top-k. top_p: 1.0 disables nucleus sampling.
     seed: None = the engine derives per-prompt seeds from its base seed and a call counter (two calls differ, a
       rerun of the same call sequence matches); an int pins this call's samples regardless of call history.
-    stop_token_ids: extra stop tokens; the checkpoint's EOS ids always stop (a stop token ends the response and
-      is included in it, finish reason "stop").
+    stop_token_ids: extra stop tokens; the checkpoint's EOS ids stop too unless ignore_eos (a stop token ends the
+      response and is included in it, finish reason "stop").
+    ignore_eos: keep generating after EOS up to max_tokens (verl's rollout.ignore_eos).
     logprobs: return the log-prob of every sampled token.
     """
 
@@ -43,6 +44,7 @@ class SamplingConfig:
     max_tokens: int = 256
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
     logprobs: bool = True
 
     def __post_init__(self) -> None:

@@ -27,12 +27,13 @@ class VLLMEngineConfig:
     max_model_len: prompt + response token budget per sequence.
     max_num_batched_tokens / max_num_seqs: scheduler budgets per engine step (None = vLLM's default).
     gpu_memory_utilization: GPU memory fraction vLLM may use (weights + KV cache); GPU only.
-    kv_cache_gib: KV-cache size on CPU in whole GiB (sets VLLM_CPU_KVCACHE_SPACE; without it vLLM reserves ~90%
-      of RAM); ignored on GPU.
+    kv_cache_gib: KV-cache size on CPU in GiB, rounded up to whole GiB (sets VLLM_CPU_KVCACHE_SPACE, which vLLM
+      reads as an integer; without it vLLM reserves ~90% of RAM); ignored on GPU.
     enforce_eager: no CUDA graphs / torch.compile (start-up in seconds; required on CPU).
     seed: base seed; per-prompt seeds are derived from it and a call counter. Give each rank its own (seed + rank).
     tensor_parallel_size: rollout TP (1 on CPU).
     enable_prefix_caching: reuse KV of shared prompt prefixes (the n samples of a prompt share it).
+    enable_chunked_prefill: split long prefills across engine steps (vLLM's default).
     enable_sleep_mode: allow sleep()/wake_up() to free GPU memory (colocated training); rejected on CPU by vLLM.
     logprobs_mode: "processed_logprobs" = log-probs of the distribution actually sampled from (after temperature,
       top-k/top-p), which equals the actor's log_softmax(logits / T) when top-k/top-p are off;
@@ -52,11 +53,12 @@ class VLLMEngineConfig:
     max_num_batched_tokens: int | None = None
     max_num_seqs: int | None = None
     gpu_memory_utilization: float = 0.5
-    kv_cache_gib: int = 1
+    kv_cache_gib: float = 1.0
     enforce_eager: bool = True
     seed: int = 0
     tensor_parallel_size: int = 1
     enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
     enable_sleep_mode: bool = False
     logprobs_mode: str = "processed_logprobs"
     in_process: bool = True
@@ -75,7 +77,9 @@ class VLLMEngineConfig:
             raise ValueError(
                 f"VLLMEngineConfig.weight_transport={self.weight_transport!r}: expected one of {WEIGHT_TRANSPORTS}"
             )
-        for field in ("max_model_len", "tensor_parallel_size", "kv_cache_gib", "update_bucket_mib"):
+        if not (isinstance(self.kv_cache_gib, (int, float)) and self.kv_cache_gib > 0):
+            raise ValueError(f"VLLMEngineConfig.kv_cache_gib={self.kv_cache_gib!r}: must be a number > 0")
+        for field in ("max_model_len", "tensor_parallel_size", "update_bucket_mib"):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"VLLMEngineConfig.{field}={value!r}: must be an int >= 1")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import math
 import numbers
 import os
 import time
@@ -112,7 +113,7 @@ class VLLMRolloutEngine:
         cfg = self.config
         env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0" if cfg.in_process else "1"}
         if not self.on_gpu:
-            env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.kv_cache_gib)
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(math.ceil(cfg.kv_cache_gib))  # vLLM reads whole GiB
         if cfg.run_dir is not None:
             for var, sub in (("VLLM_CACHE_ROOT", "vllm_cache"), ("VLLM_RPC_BASE_PATH", "vllm_rpc")):
                 path = Path(cfg.run_dir) / sub
@@ -131,6 +132,7 @@ class VLLMRolloutEngine:
             enforce_eager=cfg.enforce_eager,
             tensor_parallel_size=cfg.tensor_parallel_size,
             enable_prefix_caching=cfg.enable_prefix_caching,
+            enable_chunked_prefill=cfg.enable_chunked_prefill,
             logprobs_mode=cfg.logprobs_mode,
             skip_tokenizer_init=True,  # the contract is token ids in, token ids out
             worker_extension_cls=WORKER_EXTENSION,
@@ -168,6 +170,7 @@ class VLLMRolloutEngine:
                 raise ValueError(f"{what}: prompt {i} has token ids outside [0, {self.vocab_size}): {bad[:5]}")
 
     def _sampling_params(self, sampling: SamplingConfig, n: int, seed: int) -> SamplingParams:
+        stops = set(sampling.stop_token_ids) | (set() if sampling.ignore_eos else set(self.eos_token_ids))
         return SamplingParams(
             n=n,
             temperature=sampling.temperature,
@@ -175,7 +178,8 @@ class VLLMRolloutEngine:
             top_k=sampling.top_k,
             max_tokens=sampling.max_tokens,
             seed=seed,
-            stop_token_ids=sorted(set(sampling.stop_token_ids) | set(self.eos_token_ids)),
+            stop_token_ids=sorted(stops),
+            ignore_eos=sampling.ignore_eos,
             logprobs=0 if sampling.logprobs else None,  # 0 = only the sampled token's log-prob
             detokenize=False,
         )
