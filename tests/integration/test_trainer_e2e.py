@@ -55,7 +55,7 @@ GAE = ("algorithm.use_kl_in_reward=true", "algorithm.kl_ctrl.type=adaptive", "ac
 @pytest.fixture(scope="module")
 def baseline(inputs, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run_a")
-    proc = launch(overrides(inputs, run_dir, estimator="gae", extra=GAE), run_dir, port=29631)
+    proc = launch(overrides(inputs, run_dir, estimator="gae", extra=GAE), run_dir)
     assert proc.returncode == 0, proc.stdout[-6000:]
     return run_dir, proc.stdout
 
@@ -109,14 +109,12 @@ def test_saved_step_exports_to_hf(baseline, inputs, tmp_path):
 def test_sigkill_after_checkpoint_then_resume_reproduces_metrics(baseline, inputs, tmp_path_factory):
     run_a, _ = baseline
     run_dir = tmp_path_factory.mktemp("run_bc")
-    log = launch_and_kill_after_checkpoint(overrides(inputs, run_dir, estimator="gae", extra=GAE), run_dir,
-                                           port=29641, step=2)
+    log = launch_and_kill_after_checkpoint(overrides(inputs, run_dir, estimator="gae", extra=GAE), run_dir, step=2)
     tracker = run_dir / "ckpt" / "latest_checkpointed_iteration.txt"
     assert tracker.read_text().strip() == "2", log[-4000:]
     assert not (run_dir / "ckpt" / "global_step_3").exists()
     assert (run_dir / "ckpt" / "global_step_2" / "critic" / "optim").is_dir()
-    resumed = launch(overrides(inputs, run_dir, estimator="gae", extra=(*GAE, "trainer.resume_mode=auto")), run_dir,
-                     port=29651)
+    resumed = launch(overrides(inputs, run_dir, estimator="gae", extra=(*GAE, "trainer.resume_mode=auto")), run_dir)
     assert resumed.returncode == 0, resumed.stdout[-6000:]
     a, c = _by_step(run_a), _by_step(run_dir)
     assert sorted(c) == [0, 1, 2, 3]
@@ -130,8 +128,7 @@ def test_grpo_nsr_run_and_checkpoint_pruning(inputs, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run_d")
     extra = ("actor_rollout_ref.actor.megatron.use_distributed_optimizer=false", "trainer.max_actor_ckpt_to_keep=1",
              "trainer.val_before_train=false", "trainer.test_freq=-1")
-    proc = launch(overrides(inputs, run_dir, estimator="grpo_nsr", steps=2, save_freq=1, extra=extra), run_dir,
-                  port=29661)
+    proc = launch(overrides(inputs, run_dir, estimator="grpo_nsr", steps=2, save_freq=1, extra=extra), run_dir)
     assert proc.returncode == 0, proc.stdout[-6000:]
     steps = _by_step(run_dir)
     assert sorted(steps) == [1, 2]

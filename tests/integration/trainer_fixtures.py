@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -76,26 +77,33 @@ def _env(run_dir: Path) -> dict:
     return env
 
 
-def _command(args: list[str], port: int) -> list[str]:
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _command(args: list[str]) -> list[str]:
     torchrun = Path(sys.executable).with_name("torchrun")
-    return [str(torchrun), "--nproc-per-node", "2", "--master-port", str(port), "-m", "ttrl_megatron.main", *args]
+    return [str(torchrun), "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m", "ttrl_megatron.main",
+            *args]
 
 
-def launch(args: list[str], run_dir: Path, port: int, timeout_s: float = 300) -> subprocess.CompletedProcess:
+def launch(args: list[str], run_dir: Path, timeout_s: float = 300) -> subprocess.CompletedProcess:
     """Run the trainer to completion; returns the completed process (stdout+stderr in .stdout)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(_command(args, port), cwd=ROOT, env=_env(run_dir), stdout=subprocess.PIPE,
+    return subprocess.run(_command(args), cwd=ROOT, env=_env(run_dir), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=timeout_s)
 
 
-def launch_and_kill_after_checkpoint(args: list[str], run_dir: Path, port: int, step: int,
+def launch_and_kill_after_checkpoint(args: list[str], run_dir: Path, step: int,
                                      timeout_s: float = 300) -> str:
     """Start the trainer, SIGKILL its whole process group as soon as checkpoint ``step`` is the latest one."""
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "killed_run.log"
     tracker = run_dir / "ckpt" / "latest_checkpointed_iteration.txt"
     with open(log, "w") as out:
-        proc = subprocess.Popen(_command(args, port), cwd=ROOT, env=_env(run_dir), stdout=out,
+        proc = subprocess.Popen(_command(args), cwd=ROOT, env=_env(run_dir), stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         try:
