@@ -68,12 +68,13 @@ _SPAWNER = _Spawner()
 class Worker:
     """One worker process and its framed pipes."""
 
-    def __init__(self, memory_limit_mb: int, start_timeout_s: float):
+    def __init__(self, memory_limit_mb: int, start_timeout_s: float, warm_up: bool = True):
         env = dict(os.environ)
         env.update(OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
         env["PYTHONPATH"] = _PKG_PARENT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.errfile = tempfile.TemporaryFile()
-        args = [sys.executable, "-m", "ttrl_megatron.ttrl._worker", str(os.getpid()), str(memory_limit_mb)]
+        args = [sys.executable, "-m", "ttrl_megatron.ttrl._worker", str(os.getpid()), str(memory_limit_mb),
+                str(int(warm_up))]
         self.proc = _SPAWNER.popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errfile,
                                    bufsize=0, env=env, close_fds=True)
         self.fd = self.proc.stdout.fileno()

@@ -1,12 +1,13 @@
 """Grading worker process: reads (job_id, given, truth) frames on stdin, writes (job_id, verdict) frames on stdout.
 
-Started by ``pool.GradingPool`` as ``python -m ttrl_megatron.ttrl._worker <parent_pid> <memory_limit_mb>`` (a fresh
+Started by ``pool.GradingPool`` as ``python -m ttrl_megatron.ttrl._worker <parent_pid> <memory_limit_mb> <warm_up 0|1>`` (a fresh
 interpreter, never a fork, so it works under torchrun, in threads, and never re-imports the caller's ``__main__``).
 It runs ``grading.symbolic_grade`` (math-verify + sympy) in its main thread with math-verify's SIGALRM timeouts off:
 the parent enforces the deadline by killing this process. Safety nets so it can never outlive or starve the parent:
 PR_SET_PDEATHSIG (SIGKILL when the parent's spawner thread dies), exit on stdin EOF, and an address-space limit.
 
-Frames: 4-byte big-endian length + pickle. The first frame written is ``("ready", pid)``.
+Frames: 4-byte big-endian length + pickle. The first frame written is ``("ready", pid)``; each job then gives
+``("start", job_id)`` and ``(job_id, verdict)``.
 Imports no torch.
 """
 
@@ -58,7 +59,7 @@ def _read_exact(stream, n: int) -> bytes | None:
 
 
 def main(argv: list[str]) -> int:
-    parent_pid, limit_mb = int(argv[1]), int(argv[2])
+    parent_pid, limit_mb, warm = int(argv[1]), int(argv[2]), argv[3] == "1"
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business; it closes us
     _limit_memory(limit_mb)
@@ -69,7 +70,10 @@ def main(argv: list[str]) -> int:
 
     from ttrl_megatron.ttrl.grading import symbolic_grade, warm_up
 
-    warm_up()  # imports and parser caches before declaring readiness, so the first jobs are not 10x slower
+    if warm:
+        warm_up()  # imports and parser caches before declaring readiness, so the first jobs are not 10x slower
+    else:
+        symbolic_grade("1", "1")  # imports only
 
     def send(obj) -> None:
         data = pickle.dumps(obj)
@@ -84,6 +88,7 @@ def main(argv: list[str]) -> int:
         if body is None:
             return 0
         job_id, given, truth = pickle.loads(body)
+        send(("start", job_id))  # lets the pool tell "died on this job" from "died before starting it"
         try:
             verdict = bool(symbolic_grade(given, truth))
         except Exception:  # MemoryError, RecursionError...: "not equal", keep serving

@@ -47,16 +47,18 @@ class GradingPool:
         start_timeout_s: how long a worker may take to import math-verify/sympy and report ready.
         memory_limit_mb: address-space limit of each worker (0 = none); hostile input then fails, not the machine.
         cache_size: number of normalized-pair verdicts remembered across calls (timeouts are not remembered).
+        warm_up: workers pre-parse one example of each common LaTeX construct before reporting ready (slower start,
+            ~1 s; faster first jobs). Off is for short-lived pools that grade a handful of pairs (tests).
     """
 
     def __init__(self, num_workers: int = 2, timeout_s: float = 5.0, start_timeout_s: float = 60.0,
-                 memory_limit_mb: int = 4096, cache_size: int = 200_000):
+                 memory_limit_mb: int = 4096, cache_size: int = 200_000, warm_up: bool = True):
         if num_workers < 1:
             raise ValueError(f"GradingPool num_workers must be >= 1, got {num_workers}")
         if timeout_s <= 0:
             raise ValueError(f"GradingPool timeout_s must be > 0, got {timeout_s}")
         self.num_workers, self.timeout_s, self.start_timeout_s = num_workers, timeout_s, start_timeout_s
-        self.memory_limit_mb, self.cache_size = memory_limit_mb, cache_size
+        self.memory_limit_mb, self.cache_size, self.warm_up = memory_limit_mb, cache_size, warm_up
         self._cv = threading.Condition()
         self._idle: list[Worker] = []
         self._all: set[Worker] = set()
@@ -145,7 +147,7 @@ class GradingPool:
                 if self._closed:
                     raise RuntimeError("GradingPool is closed")
                 while len(self._idle) < n and len(self._all) < self.num_workers:
-                    w = Worker(self.memory_limit_mb, self.start_timeout_s)
+                    w = Worker(self.memory_limit_mb, self.start_timeout_s, self.warm_up)
                     self.stats["workers_started"] += 1
                     self._all.add(w)
                     self._idle.append(w)
@@ -226,7 +228,7 @@ class GradingPool:
                     self._replace(run, w)
                     break
                 queue = run.running.setdefault(w, deque())
-                queue.append([job, run.job_deadline() if not queue else None])
+                queue.append([job, run.job_deadline() if not queue else None, False])  # [job, deadline, started]
                 self.stats["jobs"] += 1
 
     def _collect(self, run: "_Run") -> list[Worker]:
@@ -263,6 +265,9 @@ class GradingPool:
                 w.ready = True
                 continue
             queue = run.running[w]
+            if frame[0] == "start":
+                queue[0][2] = True
+                continue
             run.results[queue.popleft()[0]] = frame[1]
             if queue:
                 queue[0][1] = run.job_deadline()  # the worker starts the next queued job now
@@ -270,14 +275,15 @@ class GradingPool:
                 del run.running[w]
 
     def _replace(self, run: "_Run", w: Worker) -> None:
-        """Kill ``w`` (its current job keeps verdict None; jobs queued behind it go back to pending) and take a
-        replacement worker into the run."""
+        """Kill ``w`` (the job it had started keeps verdict None; jobs it had not started go back to pending) and
+        take a replacement worker into the run."""
         queue = run.running.pop(w, None)
         if queue:
-            queue.popleft()
-            run.pending.push_front([job for job, _ in queue])
-            if w.ready:
-                self.stats["worker_deaths"] += 1
+            if queue[0][2]:  # it died (or was killed) on this job: the job keeps verdict None
+                queue.popleft()
+                if w.ready:
+                    self.stats["worker_deaths"] += 1
+            run.pending.push_front([entry[0] for entry in queue])  # never started: retried on another worker
         if not w.ready:
             run.start_failures += 1
             if run.start_failures >= 3:
@@ -295,7 +301,7 @@ class _Run:
         self.deadline = None if total_timeout_s is None else time.monotonic() + total_timeout_s
         self.results: list[bool | None] = [None] * len(keys)
         self.pending = _JobQueues(keys, n_slots)
-        self.running: dict[Worker, deque[list]] = {}  # worker -> [[job, deadline or None (queued)], ...]
+        self.running: dict[Worker, deque[list]] = {}  # worker -> [[job, deadline or None (queued), started], ...]
         self.held: list[Worker] = []
         self.start_failures = 0
 

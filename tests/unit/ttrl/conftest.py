@@ -7,6 +7,6 @@ from ttrl_megatron.ttrl import GradingPool
 
 @pytest.fixture(scope="session")
 def pool():
-    with GradingPool(num_workers=2, timeout_s=20.0) as p:
+    with GradingPool(num_workers=2, timeout_s=20.0, warm_up=False) as p:
         p.warmup()
         yield p

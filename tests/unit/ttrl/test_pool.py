@@ -35,14 +35,21 @@ def test_dedupe_and_cache(pool):
     assert pool.stats["jobs"] == jobs1  # answered from the verdict cache
 
 
-def test_results_are_deterministic_across_pool_sizes(pool):
+@pytest.fixture(scope="module")
+def single():
+    """A one-worker pool shared by the tests below (each worker start costs ~1 s)."""
+    with GradingPool(num_workers=1, timeout_s=30.0, warm_up=False) as p:
+        p.warmup()
+        yield p
+
+
+def test_results_are_deterministic_across_pool_sizes(pool, single):
     pairs = [(g, t) for g, t in HEAVY_EQUAL] + [("x+1", "x+2"), (r"\frac{a}{b}", "a/b"), (r"\{1,x\}", r"\{x,1\}")]
-    with GradingPool(num_workers=1, timeout_s=20.0) as single:
-        assert single.grade_pairs(pairs) == pool.grade_pairs(pairs)
+    assert single.grade_pairs(pairs) == pool.grade_pairs(pairs)
 
 
 def test_killed_worker_is_replaced_and_close_leaves_no_process():
-    with GradingPool(num_workers=2, timeout_s=20.0) as p:
+    with GradingPool(num_workers=2, timeout_s=20.0, warm_up=False) as p:
         p.warmup()
         pids = p.worker_pids()
         assert len(pids) == 2
@@ -51,7 +58,8 @@ def test_killed_worker_is_replaced_and_close_leaves_no_process():
         assert p.grade_pairs(HEAVY_EQUAL) == [True] * len(HEAVY_EQUAL)
         assert pids[0] not in p.worker_pids() and len(p.worker_pids()) == 2
 
-        # dies while busy: its job counts as "not equal" and the worker is replaced
+        # dies while busy: its job counts as "not equal" (or, killed before it started the job, the job is retried
+        # and then times out) and the worker is replaced
         def killer():
             time.sleep(0.5)
             for pid in p.worker_pids():
@@ -59,7 +67,7 @@ def test_killed_worker_is_replaced_and_close_leaves_no_process():
 
         th = threading.Thread(target=killer)
         th.start()
-        assert p.grade_pairs([(r"\Gamma(10^{9})", "1")], timeout_s=20.0) == [False]
+        assert p.grade_pairs([(r"\Gamma(10^{9})", "1")], timeout_s=5.0) == [False]
         th.join()
         assert p.stats["worker_deaths"] >= 1
         assert p.grade_pairs([("ab", "ba")]) == [True]
@@ -102,7 +110,7 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     script.write_text(
         "import os, sys, threading\n"
         "from ttrl_megatron.ttrl import GradingPool\n"
-        "pool = GradingPool(num_workers=2)\n"
+        "pool = GradingPool(num_workers=2, warm_up=False)\n"
         "t = threading.Thread(target=pool.warmup); t.start(); t.join()\n"  # started from a short-lived thread
         "for hostile in (r'\\Gamma(10^{9})', r'\\cos(x)^{1000} + \\sin(x)^{999}'):\n"  # both workers busy, deaf to EOF
         "    threading.Thread(target=pool.grade_pairs, args=([(hostile, '1')], 600.0), daemon=True).start()\n"
@@ -124,33 +132,33 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     assert not any(_alive(p) for p in pids)
 
 
-def test_total_timeout_bounds_waiting_for_a_busy_worker():
+def test_total_timeout_bounds_waiting_for_a_busy_worker(single):
     """grade_answer's contract: while the only worker hangs on a pair, a second caller still returns in time."""
-    with GradingPool(num_workers=1, timeout_s=30.0) as p:
-        p.warmup()
-        results = {}
+    p = single
+    results = {}
 
-        def call(name, pair, timeout_s):
-            t0 = time.monotonic()
-            verdict = p.grade_pairs([pair], timeout_s=timeout_s, total_timeout_s=timeout_s)[0]
-            results[name] = (verdict, time.monotonic() - t0)
+    def call(name, pair, timeout_s):
+        t0 = time.monotonic()
+        verdict = p.grade_pairs([pair], timeout_s=timeout_s, total_timeout_s=timeout_s)[0]
+        results[name] = (verdict, time.monotonic() - t0)
 
-        threads = [threading.Thread(target=call, args=("hang", (r"\Gamma(10^{9})", "1"), 4.0)),
-                   threading.Thread(target=call, args=("wait", ("a+3b", "3b+a"), 1.0))]
-        threads[0].start()
-        time.sleep(0.3)
-        threads[1].start()
-        for th in threads:
-            th.join(30)
-        assert results["wait"][0] is False and 0.9 < results["wait"][1] < 1.0 + 1.5  # no worker free in time
-        assert results["hang"][0] is False and results["hang"][1] < 4.0 + 3.0
-        assert p.grade_pairs([("a+3b", "3b+a")]) == [True]  # not cached as False; graded by the replacement
+    threads = [threading.Thread(target=call, args=("hang", (r"\Gamma(10^{9})", "1"), 4.0)),
+               threading.Thread(target=call, args=("wait", ("a+3b", "3b+a"), 1.0))]
+    threads[0].start()
+    time.sleep(0.3)
+    threads[1].start()
+    for th in threads:
+        th.join(30)
+    assert results["wait"][0] is False and 0.9 < results["wait"][1] < 1.0 + 1.5  # no worker free in time
+    assert results["hang"][0] is False and results["hang"][1] < 4.0 + 3.0
+    assert p.grade_pairs([("a+3b", "3b+a")]) == [True]  # not cached as False; graded by the replacement
 
 
-def test_jobs_queued_behind_a_hanging_job_are_not_lost():
+def test_jobs_queued_behind_a_hanging_job_are_not_lost(single):
     """One worker, pipelined: the pairs queued behind a hanging one go to the replacement worker and are graded."""
-    with GradingPool(num_workers=1, timeout_s=30.0) as p:
-        p.warmup()
-        pairs = [(r"\cos(x)^{1000} + \sin(x)^{999}", "1")] + HEAVY_EQUAL[:3]
-        assert p.grade_pairs(pairs, timeout_s=1.0) == [False, True, True, True]
-        assert p.stats["timeouts"] == 1 and p.stats["workers_started"] == 2
+    p = single
+    before = dict(p.stats)
+    pairs = [(r"\cos(x)^{1000} + \sin(x)^{999}", "1"), ("5a+2b", "2b+5a"), ("7a-b", "-b+7a"), ("a^3b", "ba^3")]
+    assert p.grade_pairs(pairs, timeout_s=1.0) == [False, True, True, True]
+    assert p.stats["timeouts"] - before["timeouts"] == 1
+    assert p.stats["workers_started"] - before["workers_started"] == 1
