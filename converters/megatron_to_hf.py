@@ -7,6 +7,12 @@ layout saved it), and streams the HF tensors (unpadded vocab, split qkv/fc1, tie
 safetensors shards written as they fill (`--max-shard-mb`), plus `model.safetensors.index.json` when there are
 several. config.json, tokenizer and generation files come from the checkpoint's `hf/` copy; without one, config.json
 is rebuilt from the stored architecture. Peak memory: the model plus one shard.
+
+Also accepts checkpoints of other Megatron stacks (`--format auto|nemo2|mbridge|megatron_lm`, auto-detected by
+default; ttrl_megatron/megatron/foreign): NeMo-2 (`context/` + `weights/`), Megatron-Bridge / NeMo-RL (`iter_N/`
+or its root), Megatron-LM. Their config is read from YAML / args only, NeMo's duplicated output layer of a tied model
+is dropped, vocab padding is stripped, config.json is rebuilt from the architecture and the tokenizer shipped with
+the checkpoint (NeMo-2 `context/nemo_tokenizer`, Megatron-Bridge `tokenizer/`) is copied when present.
 """
 
 from __future__ import annotations
@@ -24,10 +30,15 @@ from converters.hf_to_megatron import DTYPE_CHOICES, _check_empty
 
 
 def convert_megatron_to_hf(megatron_dir: str, out_dir: str, dtype: torch.dtype | None = None,
-                           max_shard_mb: int = 2048, progress: bool = True) -> None:
+                           max_shard_mb: int = 2048, progress: bool = True, load_format: str = "auto") -> None:
     """Write an HF model folder `out_dir` (absent or empty) from the checkpoint in `megatron_dir`.
 
-    dtype: dtype of the written tensors (default: the checkpoint's params dtype)."""
+    dtype: dtype of the written tensors (default: the checkpoint's params dtype). load_format: `auto` (detect) or
+    the expected foreign format (`nemo2`, `mbridge`, `megatron_lm`); our own checkpoints need `auto`."""
+    from ttrl_megatron.megatron.foreign import detect_format
+
+    if load_format != "auto" or detect_format(megatron_dir).kind != "ttrl":
+        return _convert_foreign(megatron_dir, out_dir, dtype, max_shard_mb, progress, load_format)
     from converters._runtime import megatron_group
     from ttrl_megatron.megatron.checkpoint import checkpoint_arch, checkpoint_dtype, load_model_checkpoint
     from ttrl_megatron.megatron.hf_io import iter_hf_weights
@@ -45,7 +56,32 @@ def convert_megatron_to_hf(megatron_dir: str, out_dir: str, dtype: torch.dtype |
         for name, tensor in iter_hf_weights(model, progress=progress):
             writer.add(name, tensor.to(dtype))
         writer.close()
-    _write_config_and_tokenizer(megatron_dir, out_dir, arch, dtype)
+    _write_config_and_tokenizer(os.path.join(megatron_dir, "hf"), out_dir, arch, dtype)
+
+
+def _convert_foreign(path: str, out_dir: str, dtype: torch.dtype | None, max_shard_mb: int, progress: bool,
+                     load_format: str) -> None:
+    """NeMo-2 / Megatron-Bridge / Megatron-LM checkpoint -> HF folder (same streaming as our own format)."""
+    from converters._runtime import megatron_group
+    from ttrl_megatron.megatron.foreign.api import DTYPES, build_foreign_model, read_foreign
+    from ttrl_megatron.megatron.hf_io import iter_hf_weights
+
+    info = read_foreign(path, load_format)
+    print(info.report.summary().splitlines()[0] + "".join(f"\n  note: {n}" for n in info.report.notes))
+    _check_empty(out_dir)
+    params_dtype = DTYPES[info.params_dtype]
+    dtype = dtype or params_dtype
+    os.makedirs(out_dir, exist_ok=True)
+    with megatron_group(1, 1):
+        model = build_foreign_model(info, params_dtype)
+        writer = ShardWriter(out_dir, max_shard_mb * 2**20)
+        for name, tensor in iter_hf_weights(model, progress=progress):
+            writer.add(name, tensor.to(dtype))
+        writer.close()
+    _write_config_and_tokenizer(info.fmt.tokenizer_dir, out_dir, info.arch, dtype)
+    generation = os.path.join(info.fmt.path, "context", "artifacts", "generation_config.json")  # NeMo-2 keeps it
+    if os.path.isfile(generation):
+        shutil.copy2(generation, os.path.join(out_dir, "generation_config.json"))
 
 
 class ShardWriter:
@@ -87,11 +123,10 @@ class ShardWriter:
                 json.dump(index, f, indent=2)
 
 
-def _write_config_and_tokenizer(megatron_dir: str, out_dir: str, arch, dtype: torch.dtype) -> None:
-    from ttrl_megatron.megatron.checkpoint import HF_DIR
-
-    src = os.path.join(megatron_dir, HF_DIR)
-    if os.path.isdir(src):
+def _write_config_and_tokenizer(src: str | None, out_dir: str, arch, dtype: torch.dtype) -> None:
+    """Copy the files of `src` (our checkpoint's `hf/` copy, or a foreign checkpoint's tokenizer folder), then
+    write config.json: the copied one, else one rebuilt from `arch`, with the written dtype."""
+    if src is not None and os.path.isdir(src):
         for name in os.listdir(src):
             shutil.copy2(os.path.join(src, name), os.path.join(out_dir, name))
     config_path = os.path.join(out_dir, "config.json")
@@ -132,10 +167,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="dtype of the written tensors (default: the checkpoint's)")
     parser.add_argument("--max-shard-mb", type=int, default=2048, help="largest safetensors file (MiB)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--format", default="auto", choices=("auto", "nemo2", "mbridge", "megatron_lm"),
+                        help="checkpoint format of --megatron-dir (default: detect)")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     convert_megatron_to_hf(args.megatron_dir, args.out, dtype=DTYPE_CHOICES[args.dtype] if args.dtype else None,
-                           max_shard_mb=args.max_shard_mb, progress=not args.no_progress)
+                           max_shard_mb=args.max_shard_mb, progress=not args.no_progress, load_format=args.format)
     print(f"wrote HF checkpoint to {args.out}")
     return 0
 

@@ -364,15 +364,26 @@ def _agree_on_names(names: List[str]) -> List[str]:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def build_model_chunks(hf_dir: str, dtype: str, *, value_head: bool = False) -> List[torch.nn.Module]:
+def build_model_chunks(hf_dir: str, dtype: str, *, value_head: bool = False,
+                       load_format: str = "auto") -> List[torch.nn.Module]:
     """This rank's model stage(s) for the HF checkpoint ``hf_dir``, weights loaded (a value model gets the HF
-    trunk and a zero value head). Needs megatron's parallel state (``parallel.init_distributed``)."""
+    trunk and a zero value head). Needs megatron's parallel state (``parallel.init_distributed``).
+
+    ``load_format`` (``model.load_format``): a folder without ``config.json`` (or a non-``hf`` format) is a NeMo-2,
+    Megatron-Bridge / NeMo-RL, Megatron-LM or ttrl checkpoint, read by ``megatron/foreign`` (format detected and
+    checked against ``load_format``)."""
+    import os
+
     from ttrl_megatron.megatron.arch import ModelArchConfig
     from ttrl_megatron.megatron.hf_io import load_hf_weights
     from ttrl_megatron.megatron.model import build_gpt_model
 
     if dtype not in DTYPES:
         raise ValueError(f"megatron.dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    if load_format not in ("auto", "hf") or not os.path.isfile(os.path.join(hf_dir, "config.json")):
+        from ttrl_megatron.megatron.foreign.api import load_initial_model
+
+        return [load_initial_model(hf_dir, load_format, DTYPES[dtype], value_head=value_head)]
     model = build_gpt_model(ModelArchConfig.from_hf(hf_dir), value_head=value_head, params_dtype=DTYPES[dtype])
     if value_head:
         from ttrl_megatron.megatron.critic import load_critic_weights
