@@ -91,5 +91,6 @@ class VLLMEngineConfig:
             raise ValueError(
                 f"VLLMEngineConfig.gpu_memory_utilization={self.gpu_memory_utilization}: must be in (0, 1]"
             )
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"VLLMEngineConfig.seed={self.seed!r}: must be an int >= 0")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            # vLLM rejects seeds outside [0, 2**32) only at the first generate; say it at construction instead
+            raise ValueError(f"VLLMEngineConfig.seed={self.seed!r}: must be an int in [0, 2**32)")
