@@ -116,7 +116,7 @@ def arch_from_fields(fields: Mapping[str, Any], source: str, known_fields: Itera
         model_type=model_type, architecture=ARCHITECTURES[model_type], vocab_size=vocab, hidden_size=hidden,
         intermediate_size=_require(fields, "ffn_hidden_size", source), num_layers=_require(fields, "num_layers", source),
         num_attention_heads=heads, num_query_groups=groups, head_dim=head_dim,
-        max_position_embeddings=int(fields.get("seq_length") or fields.get("max_position_embeddings") or 4096),
+        max_position_embeddings=int(fields.get("max_position_embeddings") or fields.get("seq_length") or 4096),
         rms_norm_eps=float(fields.get("layernorm_epsilon", 1e-5)), rope_theta=float(fields.get("rotary_base", 10000)),
         tie_word_embeddings=bool(fields.get("share_embeddings_and_output_weights", True)),
         add_qkv_bias=bool(fields.get("add_qkv_bias", False)), rope_scaling_factor=_rope_factor(fields, source),

@@ -4,8 +4,9 @@
 ``module.`` for NeMo-2, ``model.`` for NeMo-1, none for Megatron-Bridge / Megatron-LM) and lets
 ``dist_checkpointing.load`` read exactly this rank's shards: resharding to any TP/PP is megatron's, because the
 checkpoint stores global tensors. On top of that:
-- key styles: homogeneous stacks store layers stacked on a leading axis (``decoder.layers.X`` ``[L, ...]``); some
-  writers store them per layer (``decoder.layers.{i}.X``). The template is rewritten to whichever the checkpoint has.
+- key styles: homogeneous stacks store layers stacked on a leading axis (``decoder.layers.X`` ``[L, ...]``); MoE /
+  hybrid / heterogeneous writers store them per layer (``decoder.layers.{i}.X``). When the checkpoint has per-layer
+  keys, megatron builds the template in that style itself (``metadata={"non_homogeneous_layers": True}``).
 - ``_extra_state`` objects (TE/FP8 metadata) are not read; the checkpoint's ``common.pt`` is not unpickled (NeMo
   keeps Lightning state there, Megatron-LM its ``args``: we do not need them and do not trust pickles).
 - vocab padding: embedding/output rows padded for another TP (multiple of 128 x TP) are read whole and re-padded.
@@ -31,7 +32,6 @@ from ttrl_megatron.bridge import layouts
 from ttrl_megatron.megatron.foreign.detect import CheckpointFormat
 from ttrl_megatron.megatron.hf_io import CheckpointMismatchError
 
-_STACKED = re.compile(r"^(?P<p>.*?decoder\.layers\.)(?P<rest>(?!\d+\.).+)$")
 _PER_LAYER = re.compile(r"decoder\.layers\.\d+\.")
 VOCAB_SUFFIXES = ("embedding.word_embeddings.weight", "output_layer.weight")
 
@@ -59,11 +59,10 @@ def load_foreign_weights(model: torch.nn.Module, fmt: CheckpointFormat) -> None:
     model = unwrap(model)
     prefix = fmt.key_prefix
     ckpt = checkpoint_shapes(fmt.weights_dir)
-    template = _template(model, prefix)
+    per_layer = any(_PER_LAYER.search(k) for k in ckpt if k.startswith(prefix))
+    template = _template(model, prefix, per_layer)
     factories = {k: v for k, v in template.items() if isinstance(v, ShardedTensorFactory)}
     apply_factories(template)  # factories -> plain ShardedTensors (lists of them for fused fc1)
-    if any(_PER_LAYER.search(k) for k in ckpt if k.startswith(prefix)):
-        _to_per_layer(template)
     expected = {st.key: tuple(st.global_shape) for st in _tensors(template)}
     resized = _vocab_keys_to_resize(expected, ckpt, model.ttrl_arch.vocab_size)
     _raise_collectively(_problems(expected, ckpt, resized, fmt))
@@ -85,11 +84,13 @@ def _skipped_head(model, key: str) -> bool:
     return bool(getattr(model, "ttrl_value_head", False)) and key.startswith("output_layer.")
 
 
-def _template(model: torch.nn.Module, prefix: str) -> dict:
-    """The model's sharded state dict without ``_extra_state`` objects (and without a value model's head)."""
+def _template(model: torch.nn.Module, prefix: str, per_layer: bool) -> dict:
+    """The model's sharded state dict in the checkpoint's key style, without ``_extra_state`` objects (and without
+    a value model's head). ``per_layer``: megatron's own non-homogeneous key style (``decoder.layers.{i}.X``)."""
     value_head = bool(getattr(model, "ttrl_value_head", False))
+    metadata = {"non_homogeneous_layers": True} if per_layer else None
     out = {}
-    for k, v in model.sharded_state_dict(prefix=prefix).items():
+    for k, v in model.sharded_state_dict(prefix=prefix, metadata=metadata).items():
         if isinstance(v, ShardedObject) or k.endswith("_extra_state"):
             continue
         if value_head and k.startswith(prefix + "output_layer."):
@@ -105,22 +106,6 @@ def _tensors(template: dict) -> list[ShardedTensor]:
         if isinstance(v, dict):
             out.extend(x for x in v.values() if isinstance(x, ShardedTensor))
     return out
-
-
-def _to_per_layer(template: dict) -> None:
-    """Rewrite stacked layer tensors (``decoder.layers.X`` with the layer as prepended axis 0) into per-layer keys
-    ``decoder.layers.{i}.X`` without that axis, in place."""
-    for st in _tensors(template):
-        m = _STACKED.match(st.key)
-        if not m or st.prepend_axis_num < 1:
-            continue
-        layer = st.global_offset[0]
-        object.__setattr__(st, "key", f"{m['p']}{layer}.{m['rest']}")
-        for name in ("global_shape", "global_offset"):
-            object.__setattr__(st, name, tuple(getattr(st, name)[1:]))
-        if st.axis_fragmentations is not None:
-            object.__setattr__(st, "axis_fragmentations", tuple(st.axis_fragmentations[1:]))
-        object.__setattr__(st, "prepend_axis_num", st.prepend_axis_num - 1)
 
 
 def _vocab_keys_to_resize(expected: dict, ckpt: dict, vocab_size: int) -> set[str]:

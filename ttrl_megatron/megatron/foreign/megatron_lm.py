@@ -10,6 +10,7 @@ Imports torch (for the unpickler) and megatron.core enums; no megatron.training.
 from __future__ import annotations
 
 import argparse
+import enum
 import pickle
 
 import torch
@@ -32,7 +33,7 @@ ARGS_USED = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_head
 def _safe_globals() -> list:
     from megatron.core.transformer import enums
 
-    return [argparse.Namespace] + [v for v in vars(enums).values() if isinstance(v, type) and issubclass(v, enums.Enum)]
+    return [argparse.Namespace] + [v for v in vars(enums).values() if isinstance(v, type) and issubclass(v, enum.Enum)]
 
 
 def load_args(common_pt: str) -> dict:
