@@ -43,7 +43,7 @@ class DemoOptions:
     noise_prob: float = 0.2  # SFT label digit noise
     sft: SFTConfig = field(default_factory=SFTConfig)
     model: ModelSpec = field(default_factory=ModelSpec)
-    steps: int = 300  # TTRL steps
+    steps: int = 400  # TTRL steps (seed 0: pass@1 .432 -> .790 at 300, .807 at 400 vs maj@16_before .797)
     test_freq: int = 50  # validation every this many steps (the plot's points); the last step always validates
     layout: str = "dp"  # dp (DP=2) | tp (TP=2)
     overrides: list[str] = field(default_factory=list)  # extra Hydra overrides for the trainer

@@ -52,9 +52,9 @@ def summarize(ttrl_dir: Path, data_dir: Path, hf_final: Path | None, opts, sourc
         "layout": opts.layout,
         "seed": opts.seed,
         "n_test": n,
-        f"pass@1_before": _val(before, f"mean@{n_votes}", source),
+        "pass@1_before": _val(before, f"mean@{n_votes}", source),
         f"maj@{n_votes}_before": _val(before, f"maj@{n_votes}", source),
-        f"pass@1_after": _val(last, f"mean@{n_votes}", source),
+        "pass@1_after": _val(last, f"mean@{n_votes}", source),
         f"maj@{n_votes}_after": _val(last, f"maj@{n_votes}", source),
         "label_accuracy_first": labels[0] if labels else None,
         "label_accuracy_last": labels[-1] if labels else None,
@@ -81,7 +81,7 @@ def table(summary: dict, n_votes: int = 16) -> str:
     lines = [f"TTRL demo: {summary['steps']} steps, layout {summary['layout']}, seed {summary['seed']}, "
              f"{summary['n_test']} held-out questions",
              f"{'':22}{'before':>8}{'after':>8}",
-             f"{'pass@1 (16 @ T=1)':22}{fmt(summary['pass@1_before']):>8}{fmt(summary['pass@1_after']):>8}",
+             f"{f'pass@1 ({n_votes} @ T=1)':22}{fmt(summary['pass@1_before']):>8}{fmt(summary['pass@1_after']):>8}",
              f"{f'maj@{n_votes}':22}{fmt(summary[f'maj@{n_votes}_before']):>8}{fmt(summary[f'maj@{n_votes}_after']):>8}"]
     if "greedy_before_hf" in summary:
         lines.append(f"{'greedy (HF export)':22}{fmt(summary['greedy_before_hf']):>8}"
@@ -111,10 +111,10 @@ def plot(ttrl_dir: Path, summary: dict, source: str = SOURCE, n_votes: int = 16)
     fig, axes = plt.subplots(3, 1, figsize=(8, 9))
     val = [r for r in rows if _val(r, f"mean@{n_votes}", source) is not None]
     steps = [r["step"] for r in val]
-    axes[0].plot(steps, [_val(r, f"mean@{n_votes}", source) for r in val], "o-", label="pass@1 (mean@16)")
-    axes[0].plot(steps, [_val(r, f"maj@{n_votes}", source) for r in val], "s-", label="maj@16")
+    axes[0].plot(steps, [_val(r, f"mean@{n_votes}", source) for r in val], "o-", label=f"pass@1 (mean@{n_votes})")
+    axes[0].plot(steps, [_val(r, f"maj@{n_votes}", source) for r in val], "s-", label=f"maj@{n_votes}")
     if summary.get(f"maj@{n_votes}_before") is not None:
-        axes[0].axhline(summary[f"maj@{n_votes}_before"], ls="--", c="gray", label="maj@16 before")
+        axes[0].axhline(summary[f"maj@{n_votes}_before"], ls="--", c="gray", label=f"maj@{n_votes} before")
     axes[0].set_title("held-out accuracy (labels used only here)")
     train = [r for r in rows if "train/label_accuracy" in r]
     xs = [r["step"] for r in train]
@@ -140,8 +140,8 @@ def plot(ttrl_dir: Path, summary: dict, source: str = SOURCE, n_votes: int = 16)
     return out
 
 
-def write_outputs(summary: dict, ttrl_dir: Path) -> None:
-    summary["plot"] = str(plot(ttrl_dir, summary))
+def write_outputs(summary: dict, ttrl_dir: Path, source: str = SOURCE, n_votes: int = 16) -> None:
+    summary["plot"] = str(plot(ttrl_dir, summary, source, n_votes))
     (ttrl_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(table(summary), flush=True)
+    print(table(summary, n_votes), flush=True)
     print(f"summary: {ttrl_dir / 'summary.json'}  plot: {summary['plot']}", flush=True)
