@@ -114,7 +114,7 @@ def paths(tmp_path_factory):
     ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
     return {"nemo2": os.path.join(FIXTURE, "nemo2"), "nemo2_hf": os.path.join(FIXTURE, "hf"), "mb": mb_root,
             "llama_hf": llama_hf, "mlm": mlm_root, "qwen_hf": qwen_hf, "per_layer": per_layer, "wide": wide,
-            "prefixless": prefixless, "ids": ids, "nemo2_logits": _hf_logits(os.path.join(FIXTURE, "hf"), ids)}
+            "prefixless": prefixless, "view": str(root / "hf_view"), "ids": ids, "nemo2_logits": _hf_logits(os.path.join(FIXTURE, "hf"), ids)}
 
 
 def _exported(model) -> dict:
@@ -214,11 +214,21 @@ def test_foreign_checkpoints_at_tp1(paths):
 
 
 def _check_tp2(paths) -> dict:
-    return _common_checks(paths, tp=2)
+    from ttrl_megatron.megatron.foreign.hf_view import materialize_hf
+
+    out = _common_checks(paths, tp=2)
+    # the trainer's HF view of a NeMo-2 initial policy, written collectively at TP=2 by rank 0
+    view = materialize_hf(paths["nemo2"], "auto", paths["view"])
+    out["view_weights"] = _bit_equal(load_file(os.path.join(view, "model.safetensors")), paths["nemo2_hf"])
+    out["view_tokenizer"] = os.path.isfile(os.path.join(view, "tokenizer.json"))
+    out["view_is_hf"] = materialize_hf(paths["nemo2_hf"], "auto", paths["view"] + "_unused") == paths["nemo2_hf"]
+    return out
 
 
 def test_foreign_checkpoints_at_tp2(paths):
-    """Same checkpoints resharded by megatron to TP=2 (the Megatron-Bridge one also re-padded 384 -> 512 rows)."""
+    """Same checkpoints resharded by megatron to TP=2 (the Megatron-Bridge one also re-padded 384 -> 512 rows), and
+    the trainer's HF view of the NeMo-2 policy written collectively (hf_view.materialize_hf)."""
     for rank, out in enumerate(run_distributed(_check_tp2, 2, paths, timeout_s=240)):
         assert out["nemo2_weights"] and out["nemo2_logits_diff"] < TOL, (rank, out)
         assert out["mb_weights"] and out["mlm_weights"] and out["per_layer_weights"], (rank, out)
+        assert out["view_weights"] and out["view_tokenizer"] and out["view_is_hf"], (rank, out)

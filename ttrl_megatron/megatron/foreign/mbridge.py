@@ -103,3 +103,23 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+def main(argv=None) -> int:
+    """``python -m ttrl_megatron.megatron.foreign.mbridge --ckpt .../global_step_N/actor --out DIR``."""
+    import argparse
+    import re
+
+    p = argparse.ArgumentParser(description="Write a ttrl-megatron checkpoint as a Megatron-Bridge iter_N/ folder")
+    p.add_argument("--ckpt", required=True, help="our checkpoint (converter output or trainer global_step_N/actor)")
+    p.add_argument("--out", required=True, help="new Megatron-Bridge checkpoint root")
+    p.add_argument("--iteration", type=int, default=None, help="N of iter_N (default: the global_step of --ckpt)")
+    args = p.parse_args(argv)
+    step = re.search(r"global_step_(\d+)", os.path.abspath(args.ckpt))
+    iteration = args.iteration if args.iteration is not None else int(step.group(1)) if step else 0
+    print(f"wrote {export_mbridge(args.ckpt, args.out, iteration)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
