@@ -30,7 +30,7 @@ def parse(argv: list[str] | None) -> DemoOptions:
         opts.n_test, opts.n_train, opts.steps, opts.test_freq = 16, 512, 2, 2
         opts.sft = SFTConfig(steps=40, batch_size=64)
         opts.overrides = ["data.train_batch_size=8", "actor_rollout_ref.actor.ppo_mini_batch_size=8",
-                          *opts.overrides]
+                          "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=32", *opts.overrides]
     return opts
 
 
