@@ -65,7 +65,8 @@ def _timed(timings: dict, name: str, fn, *args, **kwargs):
 
 
 def _stamp_matches(path: Path, stamp: dict) -> bool:
-    return path.is_file() and json.loads(path.read_text()) == stamp
+    """Whether the stage output at `path`'s folder was made with these settings (compared as JSON: tuples = lists)."""
+    return path.is_file() and json.loads(path.read_text()) == json.loads(json.dumps(stamp))
 
 
 def stage_data(opts: DemoOptions, run_dir: Path) -> Path:
