@@ -21,7 +21,8 @@ _HYDRA_DEFAULTS = ("hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_log
 
 
 def run(cfg) -> None:
-    """Train with a validated root config (dataclass)."""
+    """Train with a validated root config (dataclass): the per-rank worker program, run by every torchrun process
+    and by every Ray actor of ``ttrl_megatron.ray_main``."""
     from ttrl_megatron.trainer.trainer import TTRLTrainer
 
     trainer = TTRLTrainer(cfg).setup()
@@ -42,9 +43,14 @@ def _hydra_main(composed) -> None:
     run(cfg)
 
 
-def main() -> None:
-    logging.basicConfig(level=os.environ.get("TTRL_LOG_LEVEL", "INFO"),
+def configure_logging(force: bool = False) -> None:
+    """Rank-prefixed log lines at ``TTRL_LOG_LEVEL`` (``force``: replace handlers a host process, e.g. Ray, set)."""
+    logging.basicConfig(level=os.environ.get("TTRL_LOG_LEVEL", "INFO"), force=force,
                         format=f"[rank{os.environ.get('RANK', '0')}] %(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    configure_logging()
     given = {arg.split("=", 1)[0] for arg in sys.argv[1:]}
     sys.argv += [d for d in _HYDRA_DEFAULTS if d.split("=", 1)[0] not in given]
     register_schema()

@@ -172,3 +172,22 @@ def build_loaders(data: DataConfig, tokenizer):
     train = build_train_loader(PromptDataset(data.train_files, tokenizer, data), data)
     val = build_val_loader(PromptDataset(data.val_files, tokenizer, data), data) if data.val_files else None
     return train, val
+
+
+GRADER_ENV = "TTRL_GRADER"  # "ray": grade with Ray tasks (set on its workers by `ttrl_megatron.ray_main --grader ray`)
+
+
+def build_grader(ttrl):
+    """Rank 0's answer grader from the ``ttrl`` section: the local ``GradingPool`` (killable worker processes), or,
+    when this process runs under the Ray launcher with ``TTRL_GRADER=ray``, a ``RayGrader`` that spreads the same
+    grading over the cluster's CPUs (identical verdicts; launch/ray_grader.py)."""
+    choice = os.environ.get(GRADER_ENV, "local")
+    if choice == "ray":
+        from ttrl_megatron.launch.ray_grader import RayGrader
+
+        return RayGrader(timeout_s=ttrl.grade_timeout_s)
+    if choice != "local":
+        raise ValueError(f"{GRADER_ENV}={choice!r}: use 'local' (process pool) or 'ray' (Ray tasks)")
+    from ttrl_megatron.ttrl import GradingPool
+
+    return GradingPool(ttrl.grader_workers, ttrl.grade_timeout_s)
