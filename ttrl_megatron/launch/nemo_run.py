@@ -1,13 +1,15 @@
 """Launch ``python -m ttrl_megatron.main <hydra overrides>`` with NeMo-Run: locally under torchrun (N processes) or
 on Slurm inside an NGC container (pyxis/enroot flags, torchrun rendezvous across nodes).
 
-    python -m ttrl_megatron.launch.nemo_run local --nproc 2 -- trainer.total_training_steps=1 ...
+    python -m ttrl_megatron.launch.nemo_run local --nproc 2 -- trainer.total_training_steps=1 ...   (venv active)
     python -m ttrl_megatron.launch.nemo_run slurm --account A --partition P --nodes 2 --gpus-per-node 8 \\
         --container-image nvcr.io/nvidia/nemo:26.04 --mount /lustre:/lustre --secret-env WANDB_API_KEY \\
         --job-dir /lustre/me/nemo_run --dryrun -- data.train_files=[/lustre/aime.parquet] ...
 
-The task is ``run.Script(path="ttrl_megatron.main", m=True, entrypoint="python", args=overrides)`` (NeMo-Run needs
-the literal entrypoint ``python``); the overrides are passed through unchanged. ``--dryrun`` prints the generated
+The Slurm task is ``run.Script(path="ttrl_megatron.main", m=True, entrypoint="python", args=overrides)`` run by
+NeMo-Run's torchrun launcher (NeMo-Run needs the literal entrypoint ``python``); a local task is ``python -m
+torch.distributed.run --standalone --nproc-per-node N -m ttrl_megatron.main ...`` (see ``build_task`` for why). The
+overrides arrive unchanged. ``--dryrun`` prints the generated
 sbatch script (NeMo-Run writes it under ``$NEMORUN_HOME/experiments/...``) and submits nothing.
 Secrets are passed by NAME only (``--secret-env NAME``): they go to pyxis ``--container-env`` so the value from the
 submitting shell (Slurm exports it by default) reaches the container; no value is ever written into the script.
@@ -80,18 +82,24 @@ class SlurmSpec:
             raise ValueError("SlurmSpec: give both ssh_host and ssh_user (or neither, to submit locally)")
 
 
-def build_task(overrides: Sequence[str], module: str = MODULE):
-    """The NeMo-Run task: ``python -m <module> <overrides...>``."""
+def build_task(overrides: Sequence[str], module: str = MODULE, torchrun_nproc: Optional[int] = None):
+    """The NeMo-Run task: ``python -m <module> <overrides...>``.
+
+    ``torchrun_nproc`` (local runs): the task itself is ``python -m torch.distributed.run --nproc-per-node N -m
+    <module> ...``. NeMo-Run's torchrun launcher shell-quotes every argument, which a Slurm script's bash undoes
+    but the local scheduler (no shell) passes on literally, so Hydra would receive ``'a=[x]'`` quotes included."""
     run = import_nemo_run()
-    return run.Script(path=module, m=True, entrypoint="python", args=list(overrides))
+    if torchrun_nproc is None:
+        return run.Script(path=module, m=True, entrypoint="python", args=list(overrides))
+    args = ["--standalone", "--nproc-per-node", str(torchrun_nproc), "-m", module, *overrides]
+    return run.Script(path="torch.distributed.run", m=True, entrypoint="python", args=args)
 
 
-def local_executor(nproc: int):
-    """``torchrun --nproc-per-node nproc`` on this machine."""
-    if not isinstance(nproc, int) or nproc < 1:
-        raise ValueError(f"nproc={nproc!r}: must be a positive integer")
+def local_executor(env: Optional[dict] = None):
+    """This machine (one NeMo-Run task; its torchrun starts the workers, see ``build_task``). ``env``: variables
+    for the task (e.g. ``OMP_NUM_THREADS``); ``python`` must be the interpreter that has ttrl_megatron installed."""
     run = import_nemo_run()
-    return run.LocalExecutor(ntasks_per_node=nproc, launcher="torchrun")
+    return run.LocalExecutor(ntasks_per_node=1, env_vars=dict(env or {}))
 
 
 def slurm_executor(spec: SlurmSpec):
@@ -112,11 +120,16 @@ def slurm_executor(spec: SlurmSpec):
         packager=run.GitArchivePackager() if spec.packager == "git" else run.Packager())
 
 
-def launch(executor, overrides: Sequence[str], name: str = "ttrl", dryrun: bool = False) -> Optional[str]:
+def launch(executor, overrides: Sequence[str], name: str = "ttrl", dryrun: bool = False,
+           nproc: Optional[int] = None) -> Optional[str]:
     """Run (or with ``dryrun`` only render) the task; returns the generated sbatch script's text on a Slurm dry
-    run, else None. Dry runs keep NeMo-Run's experiment folder so the script can be read back."""
+    run, else None. ``nproc``: torchrun workers of a local run (required with a LocalExecutor). Dry runs keep
+    NeMo-Run's experiment folder so the script can be read back."""
     run = import_nemo_run()
-    task = build_task(overrides)
+    local = isinstance(executor, run.LocalExecutor)
+    if local and (not isinstance(nproc, int) or nproc < 1):
+        raise ValueError(f"nproc={nproc!r}: a local run needs a positive number of torchrun workers")
+    task = build_task(overrides, torchrun_nproc=nproc if local else None)
     with run.Experiment(name, executor=executor, log_level="WARN") as exp:
         exp.add(task, name=name)
         if dryrun:
@@ -158,7 +171,7 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args, overrides = _parse(sys.argv[1:] if argv is None else argv)
     if args.executor == "local":
-        executor = local_executor(args.nproc)
+        executor = local_executor()
     else:
         env = dict(e.split("=", 1) for e in args.env)
         executor = slurm_executor(SlurmSpec(
@@ -166,7 +179,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             container_image=args.container_image, job_dir=args.job_dir, mounts=tuple(args.mount), env=env,
             secret_env=tuple(args.secret_env), time=args.time, ssh_host=args.ssh_host, ssh_user=args.ssh_user,
             ssh_identity=args.ssh_identity, packager=args.packager))
-    script = launch(executor, overrides, name=args.name, dryrun=args.dryrun)
+    script = launch(executor, overrides, name=args.name, dryrun=args.dryrun,
+                    nproc=args.nproc if args.executor == "local" else None)
     if script is not None:
         print(script)
     return 0
