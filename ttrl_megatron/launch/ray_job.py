@@ -1,0 +1,212 @@
+"""Run the per-rank worker program (``ttrl_megatron.main.run``, the one torchrun runs) as Ray actors.
+
+``run_job(cfg, opts)``: connect to a Ray cluster (``opts.address`` / ``RAY_ADDRESS``) or start a local one, reserve
+``trainer.nnodes x trainer.n_gpus_per_node`` slots in a placement group (one GPU each, or one CPU on a CPU-only
+run; ``PACK``ed so a node's slots stay together), start one actor per slot, give each the torch.distributed
+environment torchrun would (RANK / WORLD_SIZE / LOCAL_RANK, MASTER_ADDR + a free MASTER_PORT on rank 0's node),
+run the worker program in every actor, and supervise: per-step progress from rank 0's ``metrics.jsonl``, the first
+failing rank's traceback, and on any failure, Ctrl-C or SIGTERM every actor is killed, the placement group removed
+and a local cluster shut down (no orphaned processes). Returns the process exit code.
+
+Imports ray lazily (optional dependency); never imports torch/megatron/vllm in the driver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+PROGRESS_KEYS = ("critic/score/mean", "train/label_accuracy", "actor/pg_loss", "actor/grad_norm", "timing_s/step")
+REPO_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+@dataclasses.dataclass
+class RayOptions:
+    """Launcher settings (command-line flags of ``ray_main``; not part of the training config)."""
+
+    address: str | None = None  # Ray cluster address; None: $RAY_ADDRESS, else a new local cluster
+    grader: str = "ray"  # "ray": grade with Ray tasks over the cluster; "local": rank 0's process pool
+    dashboard: bool = False  # start Ray's dashboard (local cluster only), bound to 127.0.0.1
+    log_to_driver: bool = True  # stream worker stdout/stderr to this terminal
+    extra_cpus: int = 0  # local cluster: CPUs beyond the training slots (grading tasks); 0 = ttrl.grader_workers
+
+
+# ------------------------------------------------------------------------------------------------ the actor
+class RankWorker:
+    """One training rank. Made a Ray actor by ``run_job`` (``ray.remote``), so this module imports without ray."""
+
+    def node_info(self) -> dict:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a port that is free on this node now
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+        return {"ip": ray.util.get_node_ip_address(), "node": ctx.get_node_id(), "port": port,
+                "gpus": [int(g) for g in ray.get_gpu_ids()], "pid": os.getpid()}
+
+    def run(self, cfg, env: dict, progress=None) -> str:
+        """Set the torchrun environment and run the worker program; rank 0 also forwards metrics rows."""
+        os.environ.update(env)
+        from ttrl_megatron.main import configure_logging, run
+
+        configure_logging(force=True)
+        if progress is not None:
+            _tail_metrics(Path(cfg.trainer.run_dir) / "metrics.jsonl", progress)
+        run(cfg)
+        return "ok"
+
+
+def _tail_metrics(path: Path, queue) -> None:
+    """Daemon thread: every metrics row appended to ``path`` after now -> ``queue`` (a ray.util.queue.Queue)."""
+    start = path.stat().st_size if path.is_file() else 0
+
+    def loop() -> None:
+        offset, buf = start, ""
+        while True:
+            time.sleep(0.5)
+            if not path.is_file():
+                continue
+            with open(path) as f:
+                f.seek(offset)
+                buf += f.read()
+                offset = f.tell()
+            *lines, buf = buf.split("\n")
+            for line in lines:
+                if line.strip():
+                    queue.put(json.loads(line))
+
+    threading.Thread(target=loop, name="ttrl-metrics-tail", daemon=True).start()
+
+
+# ------------------------------------------------------------------------------------------------ the driver
+def _init_ray(opts: RayOptions, world: int, use_gpu: bool, extra_cpus: int) -> None:
+    import ray
+
+    address = opts.address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = dict(log_to_driver=opts.log_to_driver, include_dashboard=opts.dashboard)
+    if opts.dashboard:
+        kwargs["dashboard_host"] = "127.0.0.1"  # never expose it beyond this machine by default
+    if address is None:  # our own local cluster: enough logical CPUs for the slots and the grading tasks
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
+        cpus = world * (0 if use_gpu else 1) + extra_cpus
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, cpus), **kwargs)
+    else:
+        kwargs.pop("include_dashboard"), kwargs.pop("dashboard_host", None)  # the cluster owns its dashboard
+        ray.init(address=address, **kwargs)
+
+
+def _rank_envs(infos: list[dict], use_gpu: bool) -> list[dict]:
+    """Per bundle: the torch.distributed env. Ranks go node by node (nodes in order of their first bundle)."""
+    node_order = list(dict.fromkeys(info["node"] for info in infos))
+    order = sorted(range(len(infos)), key=lambda b: (node_order.index(infos[b]["node"]), b))
+    master = infos[order[0]]
+    envs: list[dict] = [{}] * len(infos)
+    seen: dict[str, int] = {}
+    for rank, b in enumerate(order):
+        local = seen.get(infos[b]["node"], 0)
+        seen[infos[b]["node"]] = local + 1
+        envs[b] = {"RANK": str(rank), "WORLD_SIZE": str(len(infos)), "MASTER_ADDR": master["ip"],
+                   "MASTER_PORT": str(master["port"]),
+                   # on GPU every actor sees all of its node's GPUs (NOSET below); its own is the one Ray assigned
+                   "LOCAL_RANK": str(infos[b]["gpus"][0] if use_gpu else local),
+                   "LOCAL_WORLD_SIZE": str(sum(i["node"] == infos[b]["node"] for i in infos)),
+                   "NODE_RANK": str(node_order.index(infos[b]["node"]))}
+    return envs
+
+
+def run_job(cfg, opts: RayOptions, out=sys.stdout) -> int:
+    """Train under Ray; returns 0, 1 (a rank failed) or 130 (interrupted)."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    tr = cfg.trainer
+    world, use_gpu = tr.nnodes * tr.n_gpus_per_node, tr.device != "cpu"
+    extra = opts.extra_cpus or (cfg.ttrl.grader_workers if opts.grader == "ray" else 0)
+    _init_ray(opts, world, use_gpu, extra)
+    actors, pg, failed = [], None, None
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # Slurm's scancel -> the same clean stop as Ctrl-C
+    try:
+        bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": 1}
+        pg = placement_group([dict(bundle) for _ in range(world)], strategy="PACK")
+        _wait_placement(pg, world, bundle)
+        env_vars = {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"} if use_gpu else {}
+        worker = ray.remote(RankWorker)
+        actors = [worker.options(num_cpus=1, num_gpus=1 if use_gpu else 0, max_restarts=0,
+                                 runtime_env={"env_vars": env_vars} if env_vars else None,
+                                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=b)
+                                 ).remote() for b in range(world)]
+        envs = _rank_envs(ray.get([a.node_info.remote() for a in actors]), use_gpu)
+        grader_env = {"TTRL_GRADER": opts.grader}
+        progress = Queue(actor_options={"num_cpus": 0})
+        refs = {a.run.remote(cfg, {**e, **grader_env}, progress if e["RANK"] == "0" else None): int(e["RANK"])
+                for a, e in zip(actors, envs)}
+        print(f"[ray_main] {world} ranks on {len(set(e['NODE_RANK'] for e in envs))} node(s), master "
+              f"{envs[0]['MASTER_ADDR']}:{envs[0]['MASTER_PORT']}, grader={opts.grader}", file=out, flush=True)
+        failed = _supervise(refs, progress, tr.total_training_steps, out)
+    except KeyboardInterrupt:
+        print("[ray_main] interrupted: stopping every rank", file=sys.stderr, flush=True)
+        failed = 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+        if pg is not None:
+            remove_placement_group(pg)
+        ray.shutdown()
+    return failed or 0
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _wait_placement(pg, world: int, bundle: dict) -> None:
+    import ray
+
+    ready, _ = ray.wait([pg.ready()], timeout=float(os.environ.get("TTRL_RAY_PLACEMENT_TIMEOUT_S", "120")))
+    if not ready:
+        raise RuntimeError(f"Ray could not reserve {world} slots of {bundle} (trainer.nnodes x "
+                           f"trainer.n_gpus_per_node) within the timeout; cluster has {ray.cluster_resources()}")
+
+
+def _supervise(refs: dict, progress, total_steps: int, out) -> int:
+    """Wait for every rank; print each step's key metrics as rank 0 logs it. 0, or 1 at the first failed rank."""
+    import ray
+
+    pending, rows = list(refs), []
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+        rows += _drain(progress, total_steps, out)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except Exception as exc:  # RayTaskError carries the rank's traceback; RayActorError a dead process
+                print(f"[ray_main] rank {refs[ref]} failed; stopping every rank.\n{exc}", file=sys.stderr, flush=True)
+                return 1
+    time.sleep(0.6)  # the tail thread's last poll
+    rows += _drain(progress, total_steps, out)
+    train = [r for r in rows if r.get("step", 0) > 0]
+    if train:
+        print("[ray_main] final step " + json.dumps({k: train[-1][k] for k in sorted(train[-1])}), file=out,
+              flush=True)
+    return 0
+
+
+def _drain(progress, total_steps: int, out) -> list[dict]:
+    rows = []
+    while not progress.empty():
+        row = progress.get()
+        rows.append(row)
+        shown = " ".join(f"{k}={row[k]:.4g}" for k in PROGRESS_KEYS if isinstance(row.get(k), (int, float)))
+        print(f"[ray_main] step {row.get('step')}/{total_steps} {shown}", file=out, flush=True)
+    return rows
