@@ -158,19 +158,31 @@ def load_model_checkpoint(model: torch.nn.Module, ckpt_dir: str) -> dict:
     tensor that is missing, extra or differently shaped."""
     model = unwrap(model)
     meta = read_checkpoint_meta(ckpt_dir)
-    weights = os.path.join(ckpt_dir, WEIGHTS_DIR)
     _check_arch(meta, model)
-    sharded = model.sharded_state_dict()
-    ckpt_shapes = {k: tuple(v.global_shape) for k, v in dist_checkpointing.load_tensors_metadata(weights).items()}
-    model_shapes = _sharded_shapes(sharded)
-    resized = _vocab_rows_to_resize(model_shapes, ckpt_shapes, model.ttrl_arch.vocab_size)
-    _raise_collectively(_mismatches(model_shapes, ckpt_shapes, resized, weights))
-    targets = _replace_vocab_entries(sharded, ckpt_shapes, resized)
-    state = dist_checkpointing.load(sharded, weights)
-    for sd_key, st in targets.items():
-        state[sd_key] = _local_vocab_rows(state[sd_key], st)
+    state = load_resharded(model.sharded_state_dict(), os.path.join(ckpt_dir, WEIGHTS_DIR), model.ttrl_arch.vocab_size)
     model.load_state_dict(state, strict=True)
     return meta
+
+
+def load_resharded(sharded: dict, directory: str, vocab_size: int) -> dict:
+    """Collectively `dist_checkpointing.load` the (nested) sharded state dict `sharded` from `directory`, after
+    checking every tensor against the checkpoint's metadata; vocab tensors (keys ending in a VOCAB_KEYS name, e.g.
+    `optimizer.state.exp_avg.embedding.word_embeddings.weight`) padded differently are read whole and re-padded.
+
+    Raises CheckpointMismatchError (same message on every rank) naming the first tensor that is missing, extra or
+    differently shaped."""
+    ckpt_shapes = {k: tuple(v.global_shape) for k, v in dist_checkpointing.load_tensors_metadata(directory).items()}
+    model_shapes = _sharded_shapes(sharded)
+    resized = _vocab_rows_to_resize(model_shapes, ckpt_shapes, vocab_size)
+    _raise_collectively(_mismatches(model_shapes, ckpt_shapes, resized, directory))
+    targets = _replace_vocab_entries(sharded, ckpt_shapes, resized)
+    state = dist_checkpointing.load(sharded, directory)
+    for path, st in targets.items():
+        parent = state
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = _local_vocab_rows(parent[path[-1]], st)
+    return state
 
 
 def _check_arch(meta: dict, model: torch.nn.Module) -> None:
@@ -192,9 +204,13 @@ def _sharded_shapes(sharded: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _is_vocab_key(key: str) -> bool:
+    return any(key == v or key.endswith("." + v) for v in VOCAB_KEYS)
+
+
 def _vocab_rows_to_resize(model_shapes: dict, ckpt_shapes: dict, vocab_size: int) -> set[str]:
     """Vocab keys whose padded row count differs between checkpoint and model (both covering the real vocab)."""
-    return {k for k in VOCAB_KEYS if k in model_shapes and k in ckpt_shapes
+    return {k for k in model_shapes if _is_vocab_key(k) and k in ckpt_shapes
             and model_shapes[k][1:] == ckpt_shapes[k][1:] and model_shapes[k][0] != ckpt_shapes[k][0]
             and min(model_shapes[k][0], ckpt_shapes[k][0]) >= vocab_size}
 
@@ -222,17 +238,21 @@ def _raise_collectively(problems: list[str]) -> None:
         raise CheckpointMismatchError(first + (f" ({total - 1} more problems)" if total > 1 else ""))
 
 
-def _replace_vocab_entries(sharded: dict, ckpt_shapes: dict, resized: set) -> dict[str, ShardedTensor]:
-    """Swap each resized vocab tensor for a whole-tensor read at the checkpoint's shape; returns the originals."""
+def _replace_vocab_entries(sharded, ckpt_shapes: dict, resized: set, path: tuple = ()) -> dict:
+    """Swap each resized vocab tensor (anywhere in the nested dicts/lists) for a whole-tensor read at the
+    checkpoint's shape; returns {path: original ShardedTensor}."""
     originals = {}
-    for sd_key, st in list(sharded.items()):
+    items = sharded.items() if isinstance(sharded, dict) else enumerate(sharded) if isinstance(sharded, list) else ()
+    for key, st in list(items):
         if isinstance(st, ShardedTensor) and st.key in resized:
             whole = torch.empty(ckpt_shapes[st.key], dtype=st.data.dtype)
             # every TP rank now reads the whole tensor: mark all but TP rank 0 as replicas (megatron's replica id
             # is (pipeline/layer, TP, DP) for these tensors)
             replica = (st.replica_id[0], parallel_state.get_tensor_model_parallel_rank(), st.replica_id[2])
-            sharded[sd_key] = ShardedTensor.from_rank_offsets(st.key, whole, replica_id=replica)
-            originals[sd_key] = st
+            sharded[key] = ShardedTensor.from_rank_offsets(st.key, whole, replica_id=replica)
+            originals[(*path, key)] = st
+        elif isinstance(st, (dict, list)):
+            originals.update(_replace_vocab_entries(st, ckpt_shapes, resized, (*path, key)))
     return originals
 
 
