@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from ttrl_megatron.config.loader import compose
 
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # all ranks' lines, not "repeated Nx" (read at import)
     try:
         import ray  # noqa: F401
     except ImportError:
@@ -52,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # every rank's lines, not "repeated Nx across cluster"
     from ttrl_megatron.launch.ray_job import RayOptions, run_job
 
     opts = RayOptions(address=args.address, grader=args.grader, dashboard=args.dashboard,

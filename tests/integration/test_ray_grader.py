@@ -22,9 +22,11 @@ RESPONSES = [
     ("\\boxed{\\sqrt{4}}", "2"), ("\\boxed{\\frac{6}{4}}", "\\frac{3}{2}"), ("\\boxed{x^2-1}", "(x-1)(x+1)"),
     ("\\boxed{7}", "8"), ("no answer here", "5"), ("\\boxed{\\pi}", "3.14159"), ("\\boxed{2\\sqrt{2}}", "\\sqrt{8}"),
     ("\\boxed{(1,2)}", "(1, 2)"), ("\\boxed{\\frac{1}{3}}", "0.33"), ("\\boxed{10\\%}", "0.1"),
-    ("\\boxed{e^{i\\pi}}", "-1"), ("\\boxed{\\frac{2}{4}}", "\\frac{1}{2}"), ("\\boxed{3}", "3"),
+    ("\\boxed{e^{i\\pi}}", "-1"), ("\\boxed{\\frac{2}{4}}", "\\frac{1}{2}"),
+    ("\\boxed{3}", "3"),
 ]
-VOTES = [["\\frac{1}{2}", "0.5", "\\frac{2}{4}", "1/3"], ["x+1", "1+x", "2x", None], ["\\sqrt{8}", "2\\sqrt{2}", "3", "3"]]
+VOTES = [["\\frac{1}{2}", "0.5", "\\frac{2}{4}", "1/3"], ["x+1", "1+x", "2x", None],
+         ["\\sqrt{8}", "2\\sqrt{2}", "3", "3"]]
 
 
 @pytest.fixture(scope="module")

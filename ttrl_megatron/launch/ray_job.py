@@ -97,7 +97,15 @@ def _init_ray(opts: RayOptions, world: int, use_gpu: bool, extra_cpus: int) -> N
     if address is None:  # our own local cluster: enough logical CPUs for the slots and the grading tasks
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
         cpus = world * (0 if use_gpu else 1) + extra_cpus
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, cpus), **kwargs)
+        kwargs["num_cpus"] = max(os.cpu_count() or 1, cpus)
+        try:
+            ray.init(address="local", **kwargs)
+        except Exception as exc:  # Ray gives its raylet a fixed 30 s to register: an overloaded host may miss it
+            if "timed out during startup" not in str(exc):
+                raise
+            print(f"[ray_main] local Ray instance did not start ({exc}); trying once more", file=sys.stderr)
+            ray.shutdown()
+            ray.init(address="local", **kwargs)
     else:
         kwargs.pop("include_dashboard"), kwargs.pop("dashboard_host", None)  # the cluster owns its dashboard
         ray.init(address=address, **kwargs)
@@ -143,8 +151,8 @@ def run_job(cfg, opts: RayOptions, out=sys.stdout) -> int:
         worker = ray.remote(RankWorker)
         actors = [worker.options(num_cpus=1, num_gpus=1 if use_gpu else 0, max_restarts=0,
                                  runtime_env={"env_vars": env_vars} if env_vars else None,
-                                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=b)
-                                 ).remote() for b in range(world)]
+                                 scheduling_strategy=PlacementGroupSchedulingStrategy(
+                                     pg, placement_group_bundle_index=b)).remote() for b in range(world)]
         envs = _rank_envs(ray.get([a.node_info.remote() for a in actors]), use_gpu)
         grader_env = {"TTRL_GRADER": opts.grader}
         progress = Queue(actor_options={"num_cpus": 0})
