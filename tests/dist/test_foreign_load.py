@@ -222,13 +222,30 @@ def _check_tp2(paths) -> dict:
     out["view_weights"] = _bit_equal(load_file(os.path.join(view, "model.safetensors")), paths["nemo2_hf"])
     out["view_tokenizer"] = os.path.isfile(os.path.join(view, "tokenizer.json"))
     out["view_is_hf"] = materialize_hf(paths["nemo2_hf"], "auto", paths["view"] + "_unused") == paths["nemo2_hf"]
+    # the same ranks as two pipeline stages (the tied NeMo-2 model's last stage reads the embedding as output layer)
+    from megatron.core import parallel_state
+
+    parallel_state.destroy_model_parallel()
+    pp = _pp2_checks(paths)
+    return {**out, **{f"pp2_{k}": v for k, v in pp.items()}}
+
+
+def _pp2_checks(paths) -> dict:
+    from ttrl_megatron.distributed import ParallelLayout
+    from ttrl_megatron.megatron.parallel import init_distributed
+
+    init_distributed(ParallelLayout(tp=1, pp=2, dp=1), backend="gloo", seed=0)
+    out = {}
+    for name, hf in (("nemo2", "nemo2_hf"), ("mb", "llama_hf"), ("mlm", "qwen_hf"), ("per_layer", "qwen_hf")):
+        out[f"{name}_weights"] = _bit_equal(_exported(_loaded(paths[name])[1]), paths[hf])
     return out
 
 
 def test_foreign_checkpoints_at_tp2(paths):
-    """Same checkpoints resharded by megatron to TP=2 (the Megatron-Bridge one also re-padded 384 -> 512 rows), and
-    the trainer's HF view of the NeMo-2 policy written collectively (hf_view.materialize_hf)."""
+    """Same checkpoints resharded by megatron to TP=2 (the Megatron-Bridge one also re-padded 384 -> 512 rows), the
+    trainer's HF view of the NeMo-2 policy written collectively (hf_view.materialize_hf), then all again at PP=2."""
     for rank, out in enumerate(run_distributed(_check_tp2, 2, paths, timeout_s=240)):
         assert out["nemo2_weights"] and out["nemo2_logits_diff"] < TOL, (rank, out)
         assert out["mb_weights"] and out["mlm_weights"] and out["per_layer_weights"], (rank, out)
         assert out["view_weights"] and out["view_tokenizer"] and out["view_is_hf"], (rank, out)
+        assert all(out[f"pp2_{n}_weights"] for n in ("nemo2", "mb", "mlm", "per_layer")), (rank, out)
