@@ -30,15 +30,17 @@ from converters.hf_to_megatron import DTYPE_CHOICES, _check_empty
 
 
 def convert_megatron_to_hf(megatron_dir: str, out_dir: str, dtype: torch.dtype | None = None,
-                           max_shard_mb: int = 2048, progress: bool = True, load_format: str = "auto") -> None:
+                           max_shard_mb: int = 2048, progress: bool = True, load_format: str = "auto",
+                           hf_vocab_size: int | None = None) -> None:
     """Write an HF model folder `out_dir` (absent or empty) from the checkpoint in `megatron_dir`.
 
     dtype: dtype of the written tensors (default: the checkpoint's params dtype). load_format: `auto` (detect) or
-    the expected foreign format (`nemo2`, `mbridge`, `megatron_lm`); our own checkpoints need `auto`."""
+    the expected foreign format (`nemo2`, `mbridge`, `megatron_lm`); our own checkpoints need `auto`.
+    hf_vocab_size: the unpadded vocabulary of a Megatron-LM checkpoint (its args store only the padded size)."""
     from ttrl_megatron.megatron.foreign import detect_format
 
     if load_format != "auto" or detect_format(megatron_dir).kind != "ttrl":
-        return _convert_foreign(megatron_dir, out_dir, dtype, max_shard_mb, progress, load_format)
+        return _convert_foreign(megatron_dir, out_dir, dtype, max_shard_mb, progress, load_format, hf_vocab_size)
     from converters._runtime import megatron_group
     from ttrl_megatron.megatron.checkpoint import checkpoint_arch, checkpoint_dtype, load_model_checkpoint
     from ttrl_megatron.megatron.hf_io import iter_hf_weights
@@ -60,13 +62,13 @@ def convert_megatron_to_hf(megatron_dir: str, out_dir: str, dtype: torch.dtype |
 
 
 def _convert_foreign(path: str, out_dir: str, dtype: torch.dtype | None, max_shard_mb: int, progress: bool,
-                     load_format: str) -> None:
+                     load_format: str, hf_vocab_size: int | None) -> None:
     """NeMo-2 / Megatron-Bridge / Megatron-LM checkpoint -> HF folder (same streaming as our own format)."""
     from converters._runtime import megatron_group
     from ttrl_megatron.megatron.foreign.api import DTYPES, build_foreign_model, read_foreign
     from ttrl_megatron.megatron.hf_io import iter_hf_weights
 
-    info = read_foreign(path, load_format)
+    info = read_foreign(path, load_format, hf_vocab_size=hf_vocab_size)
     print(info.report.summary().splitlines()[0] + "".join(f"\n  note: {n}" for n in info.report.notes))
     _check_empty(out_dir)
     params_dtype = DTYPES[info.params_dtype]
@@ -169,10 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--format", default="auto", choices=("auto", "nemo2", "mbridge", "megatron_lm"),
                         help="checkpoint format of --megatron-dir (default: detect)")
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help="unpadded vocab size (Megatron-LM checkpoints store only the padded one)")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     convert_megatron_to_hf(args.megatron_dir, args.out, dtype=DTYPE_CHOICES[args.dtype] if args.dtype else None,
-                           max_shard_mb=args.max_shard_mb, progress=not args.no_progress, load_format=args.format)
+                           max_shard_mb=args.max_shard_mb, progress=not args.no_progress, load_format=args.format,
+                           hf_vocab_size=args.vocab_size)
     print(f"wrote HF checkpoint to {args.out}")
     return 0
 

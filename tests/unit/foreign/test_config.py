@@ -26,7 +26,11 @@ from ttrl_megatron.megatron.foreign.yaml_config import UnresolvedTarget, resolve
 
 FIXTURE = "/work/shared/fixtures/nemo2-qwen2-tied"
 needs_fixture = pytest.mark.skipif(not os.path.isdir(FIXTURE), reason=f"NeMo-2 fixture {FIXTURE} is not present")
-KNOWN = ("num_layers", "hidden_size", "hidden_dropout", "normalization", "num_moe_experts")
+# the TransformerConfig defaults the mapping falls back to (api.transformer_config_defaults gives megatron's own)
+KNOWN = {"num_layers": None, "hidden_size": None, "hidden_dropout": 0.1, "normalization": "LayerNorm",
+         "num_moe_experts": None, "layernorm_epsilon": 1e-5, "add_qkv_bias": False, "init_method_std": 0.02,
+         "attention_dropout": 0.1, "num_query_groups": None, "kv_channels": None, "ffn_hidden_size": None,
+         "num_attention_heads": None}
 
 
 def test_targets_resolve_through_the_allow_list_only():
@@ -91,6 +95,17 @@ def test_missing_size_field_is_named():
         arch_from_fields(dict(num_layers=2, hidden_size=64, num_attention_heads=2, vocab_size=100), "cfg.yaml", KNOWN)
 
 
+def test_defaults_are_megatrons():
+    from ttrl_megatron.megatron.foreign.api import transformer_config_defaults
+
+    defaults = transformer_config_defaults()
+    assert defaults["layernorm_epsilon"] == 1e-5 and defaults["attention_dropout"] == 0.1
+    arch, _ = arch_from_fields(dict(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=2,
+                                    vocab_size=100), "m.yaml", defaults)
+    assert (arch.rms_norm_eps, arch.attention_dropout, arch.rope_theta, arch.tie_word_embeddings) == (
+        1e-5, 0.1, 10000.0, True)
+
+
 def test_llama31_rope_and_family_inference():
     base = dict(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=2, vocab_size=100)
     arch, report = arch_from_fields({**base, "scale_factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -131,6 +146,11 @@ def test_megatron_lm_args_and_restricted_unpickling(tmp_path):
     assert fields["layernorm_epsilon"] == 1e-5 and fields["gated_linear_unit"] and fields["activation_func"] == "silu"
     assert fields["share_embeddings_and_output_weights"] is False and fields["params_dtype"] == "bfloat16"
     assert "lr" not in fields
+    from ttrl_megatron.megatron.foreign.detect import CheckpointFormat
+    from ttrl_megatron.megatron.foreign.megatron_lm import read_megatron_lm_config
+
+    raw = read_megatron_lm_config(CheckpointFormat("megatron_lm", str(tmp_path), str(tmp_path), str(good)))
+    assert raw.fields["vocab_size"] == 128 and any("padded_vocab_size=128" in n for n in raw.notes)
     bad = tmp_path / "bad_common.pt"
     torch.save({"args": args, "extra": fractions.Fraction(1, 3)}, bad)  # a class outside the allow-list
     with pytest.raises(ForeignCheckpointError, match=r"refusing to unpickle it"):

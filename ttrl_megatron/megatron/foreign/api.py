@@ -51,10 +51,12 @@ def _raw_config(fmt: CheckpointFormat) -> RawConfig:
                                  f"(loadable: {LOADABLE}; NeMo-1 .nemo: export to HF with NeMo first)")
 
 
-def _transformer_config_fields() -> set[str]:
+def transformer_config_defaults() -> dict:
+    """megatron-core TransformerConfig field -> default (None for required fields and factory defaults)."""
     from megatron.core.transformer import TransformerConfig
 
-    return {f.name for f in dataclasses.fields(TransformerConfig)}
+    return {f.name: (None if f.default is dataclasses.MISSING else f.default)
+            for f in dataclasses.fields(TransformerConfig)}
 
 
 def read_foreign(path: str, load_format: str = "auto", hf_vocab_size: Optional[int] = None) -> ForeignModel:
@@ -62,7 +64,7 @@ def read_foreign(path: str, load_format: str = "auto", hf_vocab_size: Optional[i
     ``ModelArchConfig`` and decide tying from the weights (module doc). Needs no process group."""
     fmt = resolve_format(path, load_format)
     raw = _raw_config(fmt)
-    arch, report = arch_from_fields(raw.fields, raw.source, _transformer_config_fields(), raw.target,
+    arch, report = arch_from_fields(raw.fields, raw.source, transformer_config_defaults(), raw.target,
                                     hf_vocab_size=hf_vocab_size or raw.hf_vocab_size)
     notes = list(report.notes) + list(raw.notes)
     if not arch.tie_word_embeddings and _output_layer_is_embedding_copy(fmt):

@@ -8,12 +8,16 @@ SwiGLU, RoPE, GQA, no linear biases) raise ``ArchConfigError`` naming the field 
 change the weights' meaning (fusions, parallel sizes, recompute, fp8 knobs, dropout...) are reported as dropped;
 names that are not TransformerConfig fields at all are reported as unknown.
 
-Pure python (dataclasses); the TransformerConfig field list is passed in by the caller (``known_fields``).
+A field the file does not state takes megatron-core's TransformerConfig default (passed in by the caller as
+``defaults``, so this module stays free of megatron imports and no default is restated here); the GPT-provider
+extras that are not TransformerConfig fields fall back to the GPT provider defaults in ``PROVIDER_DEFAULTS``.
+The ``REQUIRED`` fields are checked only when stated (a provider subclass, e.g. Qwen2's, sets them without us
+knowing its defaults); NeMo-2 and Megatron-Bridge write every field, so in their files they are always stated.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from ttrl_megatron.megatron.arch import LLAMA3_FIXED, ArchConfigError, ModelArchConfig
 
@@ -36,6 +40,9 @@ MAPPED = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
 # model-family class names (NeMo-2 *Config, Megatron-Bridge *ModelProvider) -> HF model_type
 FAMILIES = (("Qwen2", "qwen2"), ("Qwen25", "qwen2"), ("Llama", "llama"))
 ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
+# GPT-provider / GPTModel arguments that are not TransformerConfig fields (megatron-core GPTModel defaults)
+PROVIDER_DEFAULTS = {"rotary_base": 10000, "share_embeddings_and_output_weights": True,
+                     "make_vocab_size_divisible_by": 128, "max_position_embeddings": None, "seq_length": None}
 
 
 @dataclass(frozen=True)
@@ -100,32 +107,33 @@ def _rope_factor(fields: Mapping[str, Any], source: str) -> Optional[float]:
     return None
 
 
-def arch_from_fields(fields: Mapping[str, Any], source: str, known_fields: Iterable[str],
+def arch_from_fields(fields: Mapping[str, Any], source: str, defaults: Mapping[str, Any],
                      target: Optional[str] = None, hf_vocab_size: Optional[int] = None) -> tuple[ModelArchConfig,
                                                                                                  ConfigReport]:
-    """Build the ``ModelArchConfig`` and its ``ConfigReport`` (module doc). ``hf_vocab_size`` overrides the
-    config's ``vocab_size`` (Megatron-LM stores only the padded size)."""
+    """Build the ``ModelArchConfig`` and its ``ConfigReport`` (module doc). ``defaults``: TransformerConfig field ->
+    default value (its keys are also the "known" field names). ``hf_vocab_size`` overrides the config's
+    ``vocab_size`` (Megatron-LM stores only the padded size)."""
     _check_supported(fields, source)
+    merged = {**PROVIDER_DEFAULTS, **defaults, **fields}
     model_type, note = model_family(target, fields)
-    heads = _require(fields, "num_attention_heads", source)
-    hidden = _require(fields, "hidden_size", source)
-    vocab = hf_vocab_size or _require(fields, "vocab_size", source)
-    groups = fields.get("num_query_groups") or heads
-    head_dim = fields.get("kv_channels") or hidden // heads
+    heads = _require(merged, "num_attention_heads", source)
+    hidden = _require(merged, "hidden_size", source)
+    vocab = hf_vocab_size or _require(merged, "vocab_size", source)
+    groups = merged.get("num_query_groups") or heads
+    head_dim = merged.get("kv_channels") or hidden // heads
     arch = ModelArchConfig(
         model_type=model_type, architecture=ARCHITECTURES[model_type], vocab_size=vocab, hidden_size=hidden,
-        intermediate_size=_require(fields, "ffn_hidden_size", source), num_layers=_require(fields, "num_layers", source),
+        intermediate_size=_require(merged, "ffn_hidden_size", source), num_layers=_require(merged, "num_layers", source),
         num_attention_heads=heads, num_query_groups=groups, head_dim=head_dim,
-        max_position_embeddings=int(fields.get("max_position_embeddings") or fields.get("seq_length") or 4096),
-        rms_norm_eps=float(fields.get("layernorm_epsilon", 1e-5)), rope_theta=float(fields.get("rotary_base", 10000)),
-        tie_word_embeddings=bool(fields.get("share_embeddings_and_output_weights", True)),
-        add_qkv_bias=bool(fields.get("add_qkv_bias", False)), rope_scaling_factor=_rope_factor(fields, source),
-        initializer_range=float(fields.get("init_method_std", 0.02)),
-        attention_dropout=float(fields.get("attention_dropout", 0.0)),
-        make_vocab_size_divisible_by=int(fields.get("make_vocab_size_divisible_by") or 128), source=source)
+        max_position_embeddings=int(merged["max_position_embeddings"] or merged["seq_length"] or 4096),
+        rms_norm_eps=float(merged["layernorm_epsilon"]), rope_theta=float(merged["rotary_base"]),
+        tie_word_embeddings=bool(merged["share_embeddings_and_output_weights"]),
+        add_qkv_bias=bool(merged["add_qkv_bias"]), rope_scaling_factor=_rope_factor(fields, source),
+        initializer_range=float(merged["init_method_std"]), attention_dropout=float(merged["attention_dropout"]),
+        make_vocab_size_divisible_by=int(merged["make_vocab_size_divisible_by"]), source=source)
     if heads % groups:
         raise ArchConfigError(f"num_attention_heads={heads} not divisible by num_query_groups={groups} in {source}")
-    known = set(known_fields)
+    known = set(defaults)
     used = set(MAPPED) | set(REQUIRED)
     report = ConfigReport(
         source=source, mapped=tuple(sorted(k for k in fields if k in used)),
