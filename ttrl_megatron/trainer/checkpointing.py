@@ -5,11 +5,16 @@ Layout of one checkpoint (every part is written by ALL ranks collectively unless
     actor/   ttrl_checkpoint.json + weights/ (megatron dist-checkpoint, any-layout loadable) + hf/ (config/tokenizer):
              exactly what ``megatron/checkpoint.py`` writes, so ``python -m converters.megatron_to_hf --megatron-dir
              .../global_step_N/actor`` exports any saved step.
-    actor/optim/   optimizer + lr scheduler per rank (``rank_<r>.pt``, see ``optimizer_state``). Resuming needs the
-             same parallel layout (checked, with an error naming both layouts). Not a dist-checkpoint:
-             megatron/checkpoint.py covers weights only so far.
+    actor/optim/ + actor/optimizer.json   optimizer (Adam moments, fp32 main params of the distributed optimizer,
+             param-group hyper-parameters and step) + lr scheduler, as a megatron dist-checkpoint keyed by the model
+             tensors (``megatron/engine_checkpoint.py``).
     critic/  same as actor (value model), when a critic exists.
     extra/   ``state.pt`` (rank 0: step, data sampler position, KL controller, layout) + ``rng_rank<r>.pt`` per rank.
+
+Resuming at another parallel layout (TP / PP / DP, hence world size) works: model and optimizer state are resharded
+by megatron; each rank takes the RNG state of saved rank ``rank % saved_world`` (a warning says the run will not
+repeat bit for bit). Switching ``use_distributed_optimizer`` between save and resume is refused with a message
+naming both settings and layouts.
 
 Crash safety: everything is written under ``.global_step_<N>.tmp`` and renamed to ``global_step_<N>`` once complete
 (rename = commit); only then is the tracker file replaced (write temp + ``os.replace``). A process killed at any
@@ -17,12 +22,13 @@ moment leaves the tracker pointing at a complete checkpoint (the previous or the
 pruned to ``max_actor_ckpt_to_keep`` (whole step) / ``max_critic_ckpt_to_keep`` (critic part); the one the tracker
 names is never removed.
 
-Uses ``ttrl_megatron.megatron.checkpoint`` for the weights (the only megatron.core user; imported where used, so the
-directory protocol below can be tested without megatron); torch.distributed here.
+Uses ``ttrl_megatron.megatron.engine_checkpoint`` for actor/critic (our megatron package is the only megatron.core
+user; imported where used, so the directory protocol below can be tested without megatron); torch.distributed here.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -35,12 +41,14 @@ import torch
 import torch.distributed as dist
 
 
+log = logging.getLogger(__name__)
+
 TRACKER = "latest_checkpointed_iteration.txt"
 STEP_DIR = re.compile(r"^global_step_(\d+)$")
 
 
 class ResumeError(RuntimeError):
-    """A checkpoint that cannot be resumed (missing, or saved with another layout); the message says what to do."""
+    """A checkpoint that cannot be resumed (missing or incomplete); the message says what to do."""
 
 
 def step_dir(root: str | os.PathLike, step: int) -> Path:
@@ -93,10 +101,6 @@ def parse_step(path: str | os.PathLike) -> int:
 
 
 # ------------------------------------------------------------------ one role (actor or critic)
-def _optim_file(role_dir: Path) -> Path:
-    return role_dir / "optim" / f"rank_{_rank():05d}.pt"
-
-
 def _layout_record() -> dict:
     from ttrl_megatron.megatron.engine import Ranks
 
@@ -104,78 +108,22 @@ def _layout_record() -> dict:
     return {"tp": r.tp_size, "pp": r.pp_size, "dp": r.dp_size, "world": dist.get_world_size()}
 
 
-def _leaves(optimizer) -> list:
-    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
+def save_role(role, role_dir: Path, hf_source_dir: str | None) -> None:
+    """Collectively save a MegatronActor / MegatronCritic: weights, optimizer and lr scheduler (dist-checkpoints)."""
+    from ttrl_megatron.megatron.engine_checkpoint import save_engine_checkpoint
+
+    save_engine_checkpoint(role.engine, str(role_dir), hf_source_dir)
 
 
-def optimizer_state(optimizer, distributed: bool):
-    """This rank's optimizer state. Non-distributed: megatron's ``state_dict()`` (complete). Distributed optimizer:
-    per chained optimizer, the inner torch optimizer's state (this rank's shard: exp_avg, exp_avg_sq, step) and the
-    fp32 main-parameter shards of half-precision models. (megatron's ``save/load_parameter_state`` would gather to
-    DP rank 0, but its loader expects fused-Adam state without a per-parameter ``step`` and fails with torch's Adam,
-    which is what runs without Apex/TE.)"""
-    if not distributed:
-        return optimizer.state_dict()
-    return [{"inner": o.optimizer.state_dict(),
-             "main": [[p.detach().clone() for p in group]
-                      for group in getattr(o, "shard_fp32_from_float16_groups", [])]}
-            for o in _leaves(optimizer)]
-
-
-@torch.no_grad()  # main params may be views of trainable model params
-def load_optimizer_state(optimizer, state, distributed: bool) -> None:
-    if not distributed:
-        optimizer.load_state_dict(state)
-        return
-    for opt, saved in zip(_leaves(optimizer), state, strict=True):
-        opt.optimizer.load_state_dict(saved["inner"])
-        for group, values in zip(getattr(opt, "shard_fp32_from_float16_groups", []), saved["main"], strict=True):
-            for param, value in zip(group, values, strict=True):
-                param.copy_(value)
-
-
-def save_role(role, role_dir: Path, hf_source_dir: str | None, distributed_optimizer: bool) -> None:
-    """Collectively save a MegatronActor / MegatronCritic: weights (dist-checkpoint) + optimizer + scheduler."""
-    from ttrl_megatron.megatron.checkpoint import save_model_checkpoint
-    from ttrl_megatron.megatron.engine import unwrap
-
-    if len(role.model) != 1:
-        raise NotImplementedError("checkpointing of virtual-pipeline models (several chunks) is not supported")
-    save_model_checkpoint(unwrap(role.model[0]), str(role_dir), hf_source_dir)
-    if role.optimizer is None:
-        return
-    path = _optim_file(role_dir)
-    if _rank() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    _barrier()
-    torch.save({"optimizer": optimizer_state(role.optimizer, distributed_optimizer),
-                "scheduler": role.scheduler.state_dict(), "layout": _layout_record(),
-                "distributed_optimizer": distributed_optimizer}, path)
-    _barrier()
-
-
-def load_role(role, role_dir: Path, distributed_optimizer: bool) -> None:
-    """Collectively restore what ``save_role`` wrote (same parallel layout required for the optimizer part)."""
+def load_role(role, role_dir: Path) -> None:
+    """Collectively restore what ``save_role`` wrote, at this run's parallel layout (TP/PP/DP may differ from the
+    saved one; switching use_distributed_optimizer raises CheckpointMismatchError naming both settings)."""
     if not role_dir.is_dir():
         raise ResumeError(f"{role_dir} is missing: this checkpoint has no such role (was it pruned by "
                           f"max_critic_ckpt_to_keep, or saved without a critic?)")
-    from ttrl_megatron.megatron.checkpoint import load_model_checkpoint
-    from ttrl_megatron.megatron.engine import unwrap
+    from ttrl_megatron.megatron.engine_checkpoint import load_engine_checkpoint
 
-    load_model_checkpoint(unwrap(role.model[0]), str(role_dir))
-    if role.optimizer is None:
-        return
-    path = _optim_file(role_dir)
-    if not path.is_file():
-        raise ResumeError(f"{path} is missing: resume with the same number of processes as the saved run")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state["layout"] != _layout_record() or state["distributed_optimizer"] != distributed_optimizer:
-        raise ResumeError(f"{role_dir}: optimizer saved with layout {state['layout']} (distributed optimizer: "
-                          f"{state['distributed_optimizer']}) but this run has {_layout_record()} "
-                          f"({distributed_optimizer}); resume with the same parallel layout and "
-                          f"use_distributed_optimizer (the weights alone load at any layout, e.g. via converters/)")
-    load_optimizer_state(role.optimizer, state["optimizer"], distributed_optimizer)
-    role.scheduler.load_state_dict(state["scheduler"])
+    load_engine_checkpoint(role.engine, str(role_dir))
 
 
 # ------------------------------------------------------------------ RNG and extra state
@@ -193,11 +141,10 @@ class CheckpointManager:
     """Save / find / load trainer checkpoints under ``root`` (trainer.default_local_dir)."""
 
     def __init__(self, root: str | os.PathLike, *, hf_source_dir: str | None, max_actor_keep: int | None,
-                 max_critic_keep: int | None, actor_distributed_optimizer: bool, critic_distributed_optimizer: bool):
+                 max_critic_keep: int | None):
         self.root = Path(root)
         self.hf_source_dir = hf_source_dir
         self.max_actor_keep, self.max_critic_keep = max_actor_keep, max_critic_keep
-        self.dist_opt = {"actor": actor_distributed_optimizer, "critic": critic_distributed_optimizer}
 
     def save(self, step: int, roles: dict[str, Any], extra: dict) -> Path:
         """Collectively write checkpoint ``step``; returns its final directory."""
@@ -209,7 +156,7 @@ class CheckpointManager:
             (tmp / "extra").mkdir(parents=True)
         _barrier()
         for name, role in roles.items():
-            save_role(role, tmp / name, self.hf_source_dir, self.dist_opt[name])
+            save_role(role, tmp / name, self.hf_source_dir)
         torch.save(rng_state(), tmp / "extra" / f"rng_rank{_rank():05d}.pt")
         if _rank() == 0:
             torch.save({**extra, "step": step, "layout": _layout_record()}, tmp / "extra" / "state.pt")
@@ -246,12 +193,14 @@ class CheckpointManager:
         if not state_file.is_file():
             raise ResumeError(f"{path} is not a complete trainer checkpoint (no extra/state.pt)")
         extra = torch.load(state_file, map_location="cpu", weights_only=False)
-        if extra["layout"] != _layout_record():
-            raise ResumeError(f"{path} was saved with layout {extra['layout']} but this run has {_layout_record()}; "
-                              f"resume with the same number of processes and TP/PP sizes")
         for name, role in roles.items():
-            load_role(role, path / name, self.dist_opt[name])
-        set_rng_state(torch.load(path / "extra" / f"rng_rank{_rank():05d}.pt", map_location="cpu",
+            load_role(role, path / name)
+        saved_world = extra["layout"]["world"]
+        if extra["layout"] != _layout_record():
+            log.warning("resuming %s (saved at %s) at layout %s: weights and optimizer state are resharded; RNG "
+                        "streams come from saved rank (rank %% %d), so runs will not repeat bit for bit",
+                        path, extra["layout"], _layout_record(), saved_world)
+        set_rng_state(torch.load(path / "extra" / f"rng_rank{_rank() % saved_world:05d}.pt", map_location="cpu",
                                  weights_only=False))
         _barrier()
         return extra

@@ -86,9 +86,7 @@ class TTRLTrainer:
                                    dump_dir=tr.validation_data_dir) if val_loader is not None else None
         self.checkpoints = CheckpointManager(
             tr.default_local_dir, hf_source_dir=arr.model.path, max_actor_keep=tr.max_actor_ckpt_to_keep,
-            max_critic_keep=tr.max_critic_ckpt_to_keep,
-            actor_distributed_optimizer=arr.actor.megatron.use_distributed_optimizer,
-            critic_distributed_optimizer=bool(cfg.critic.megatron.use_distributed_optimizer))
+            max_critic_keep=tr.max_critic_ckpt_to_keep)
         self.global_step = self._resume()
         self.weight_sync.push()  # the engine must hold the actor's weights (resumed ones included)
         self.tracker = None

@@ -108,8 +108,7 @@ def _fake_checkpoint(root, step):
 
 
 def test_commit_is_rename_then_tracker_and_prune_keeps_latest(tmp_path):
-    mgr = C.CheckpointManager(tmp_path, hf_source_dir=None, max_actor_keep=2, max_critic_keep=1,
-                              actor_distributed_optimizer=False, critic_distributed_optimizer=False)
+    mgr = C.CheckpointManager(tmp_path, hf_source_dir=None, max_actor_keep=2, max_critic_keep=1)
     for step in (1, 2, 3):
         tmp = tmp_path / f".global_step_{step}.tmp"
         (tmp / "actor").mkdir(parents=True)
