@@ -5,7 +5,8 @@ and checkpoints written here by megatron-core itself in the other layouts: a Meg
 from our converter's checkpoint (vocab 300 -> padded 384, read back at TP=2 as 512 rows), a Megatron-LM ``iter_N/``
 (``args`` in common.pt) and a per-layer-key checkpoint (megatron's non-homogeneous key style).
 Checks: parsed config == HF config; every weight streamed back out (TP gather) is bit-equal to the HF tensors;
-Megatron logits match transformers within 1e-4; the trainer hook ``build_model_chunks`` (policy and value model);
+Megatron logits match transformers within 1e-4; the trainer hook ``build_model_chunks`` (policy and value model,
+and our own checkpoint format);
 errors for a shape mismatch and a wrong key prefix. One spawn per world size (each costs seconds).
 """
 from __future__ import annotations
@@ -112,7 +113,7 @@ def paths(tmp_path_factory):
             open(os.path.join(prefixless, "run_config.yaml"), "w") as dst:
         dst.write(src.read().replace("vocab_size: 300", "vocab_size: 256"))
     ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
-    return {"nemo2": os.path.join(FIXTURE, "nemo2"), "nemo2_hf": os.path.join(FIXTURE, "hf"), "mb": mb_root,
+    return {"nemo2": os.path.join(FIXTURE, "nemo2"), "nemo2_hf": os.path.join(FIXTURE, "hf"), "mb": mb_root, "ours": ours,
             "llama_hf": llama_hf, "mlm": mlm_root, "qwen_hf": qwen_hf, "per_layer": per_layer, "wide": wide,
             "prefixless": prefixless, "view": str(root / "hf_view"), "ids": ids, "nemo2_logits": _hf_logits(os.path.join(FIXTURE, "hf"), ids)}
 
@@ -176,6 +177,7 @@ def _check_tp1(paths) -> dict:
     # the trainer hook: policy and value model (trunk from the checkpoint, zero head)
     policy = build_model_chunks(paths["nemo2"], "float32", load_format="nemo2")[0]
     out["hook_policy"] = _bit_equal(_exported(policy), paths["nemo2_hf"])
+    out["hook_ours"] = _bit_equal(_exported(build_model_chunks(paths["ours"], "float32")[0]), paths["llama_hf"])
     critic = build_model_chunks(paths["nemo2"], "float32", value_head=True)[0]
     trunk = {k: v for k, v in critic.state_dict().items() if "extra_state" not in k and "output_layer" not in k}
     out["hook_critic_trunk"] = all(torch.equal(v, policy.state_dict()[k]) for k, v in trunk.items())
@@ -203,7 +205,7 @@ def test_foreign_checkpoints_at_tp1(paths):
     assert (out["mb_kind"], out["mlm_kind"], out["per_layer_kind"]) == ("mbridge", "megatron_lm", "mbridge")
     assert out["mb_weights"] and out["mlm_weights"] and out["per_layer_weights"]
     assert out["mb_config_equal"] and out["mlm_config_equal"]
-    assert out["hook_policy"] and out["hook_critic_trunk"] and out["hook_critic_head_zero"]
+    assert out["hook_policy"] and out["hook_ours"] and out["hook_critic_trunk"] and out["hook_critic_head_zero"]
     errors = out["errors"]
     assert "load_format='mbridge' but" in errors["hook_wrong_format"] and "'nemo2'" in errors["hook_wrong_format"]
     assert ("CheckpointMismatchError" in errors["shape"]
