@@ -13,8 +13,9 @@ Directory layout (``<dir>`` is e.g. ``global_step_N/actor``):
 
 Why the distributed optimizer is handled by hand (megatron-core 0.16.1, torch's Adam because Apex/TE are absent):
 - its default sharding (``fully_sharded_model_space``) raises "ShardedTensor.flattened_range is not supported", and
-  ``dp_reshardable`` only reshards DP, so we use ``fully_reshardable`` (gathered per parameter over DP on save,
-  each rank reads and slices its range on load): TP, PP and DP may all change;
+  ``dp_reshardable`` only reshards DP (and fails here copying into fp32 main params outside ``no_grad``), so we use
+  ``fully_reshardable`` (gathered per parameter over DP on save, each rank reads whole tensors and slices its range
+  on load): TP, PP and DP may all change;
 - a fresh distributed optimizer has no state yet and its ``state_dict()`` asserts on the missing per-parameter
   ``step``: the load template is built after creating zero Adam state (``_init_adam_state``);
 - its loader copies the saved tensors into every key of the live state, ``step`` included, which the checkpoint
@@ -46,8 +47,11 @@ from ttrl_megatron.megatron.hf_io import CheckpointMismatchError
 OPTIM_DIR = "optim"
 OPTIM_META = "optimizer.json"
 OPTIM_FORMAT = "ttrl-megatron/optimizer-dist-checkpoint"
-# the one distributed-optimizer format of megatron-core 0.16.1 that both works here and reshards TP/PP/DP
-DISTOPT_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+# The one distributed-optimizer format of megatron-core 0.16.1 that both works here and reshards TP/PP/DP.
+# mem_efficient: on save the DP shards are gathered (gloo, host memory) on DP rank 0 only, which writes them; without
+# it every DP rank would hold the whole TPxPP-shard's optimizer state in host memory at once.
+DISTOPT_METADATA = {"distrib_optim_sharding_type": "fully_reshardable",
+                    "distrib_optim_fully_reshardable_mem_efficient": True}
 
 
 def save_engine_checkpoint(engine, ckpt_dir: str, hf_source_dir: str | None = None) -> None:
