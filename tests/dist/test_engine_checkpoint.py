@@ -6,7 +6,8 @@ load them and the next update must be bit-identical to the uninterrupted engine'
 Phase 2 re-initialises megatron at TP=2 (DP=1, so the vocab is padded differently: 384 -> 512 rows) and loads the
 DP=2 checkpoints: the next update must match the uninterrupted DP=2 run within 1e-6, while loading the weights alone
 (fresh Adam moments and schedule) must not - which shows the optimizer state is what carries the match.
-Switching between distributed and plain optimizer must fail with both layouts in the message.
+Switching between distributed and plain optimizer must fail with both layouts in the message. The distributed-
+optimizer actor is saved and resumed (both layouts) through the trainer's CheckpointManager.
 """
 from __future__ import annotations
 
@@ -65,14 +66,14 @@ def _error(call) -> str:
 def _checks(hf_dir: str, root: str) -> dict:
     import os
 
+    from megatron.core import parallel_state
     from transformers import AutoModelForCausalLM
 
     from ttrl_megatron.distributed import ParallelLayout
     from ttrl_megatron.megatron.engine_checkpoint import load_engine_checkpoint, save_engine_checkpoint
-    from megatron.core import parallel_state
-
     from ttrl_megatron.megatron.parallel import init_distributed
     from ttrl_megatron.protocol import DataProto
+    from ttrl_megatron.trainer.checkpointing import CheckpointManager, latest_checkpoint
 
     init_distributed(ParallelLayout(1, 1, 2), seed=1)
     hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
@@ -81,13 +82,22 @@ def _checks(hf_dir: str, root: str) -> dict:
     out, expected = {}, {}
 
     # phase 1 (DP=2): save after 2 updates, a fresh engine loads, next update bit-identical
+    # the distributed-optimizer actor goes through the trainer's CheckpointManager (atomic step dir + tracker)
+    manager = CheckpointManager(os.path.join(root, "trainer"), hf_source_dir=hf_dir, max_actor_keep=None,
+                                max_critic_keep=None)
+    paths = {"distopt": lambda: latest_checkpoint(manager.root) / "actor",
+             "plain": lambda: os.path.join(root, "plain")}
     for name, distributed in (("distopt", True), ("plain", False)):
         a = _actor(hf_dir, distributed)
         a.update_policy(data())
         a.update_policy(data())
-        save_engine_checkpoint(a.engine, os.path.join(root, name), hf_source_dir=hf_dir)
         b = _actor(hf_dir, distributed)
-        load_engine_checkpoint(b.engine, os.path.join(root, name))
+        if distributed:
+            manager.save(2, {"actor": a}, {"sampler": None})
+            out["extra"] = manager.load(latest_checkpoint(manager.root), {"actor": b})
+        else:
+            save_engine_checkpoint(a.engine, paths[name](), hf_source_dir=hf_dir)
+            load_engine_checkpoint(b.engine, paths[name]())
         ma, mb = a.update_policy(data()), b.update_policy(data())
         expected[name] = (_hf_params(a), ma)
         out[f"same_layout_{name}"] = {"param_diff": _max_diff(_hf_params(a), _hf_params(b)),
@@ -100,11 +110,10 @@ def _checks(hf_dir: str, root: str) -> dict:
     c2 = _critic(hf_dir)
     load_engine_checkpoint(c2.engine, os.path.join(root, "critic"))
     m1, m2 = c1.update_critic(DataProto(dict(cb))), c2.update_critic(DataProto(dict(cb)))
-    out["critic"] = {"param_diff": max(float((p - q).abs().max()) for p, q in
+    out["critic"] = {"param_diff": max(float((p - q).detach().abs().max()) for p, q in
                                        zip(c1.model[0].parameters(), c2.model[0].parameters())),
                      "loss": (m1["critic/vf_loss"], m2["critic/vf_loss"])}
-    out["error_dp2"] = _error(lambda: load_engine_checkpoint(_actor(hf_dir, False).engine,
-                                                             os.path.join(root, "distopt")))
+    out["error_dp2"] = _error(lambda: load_engine_checkpoint(_actor(hf_dir, False).engine, paths["distopt"]()))
 
     # phase 2 (TP=2, DP=1): load the DP=2 checkpoints, the next update matches the uninterrupted DP=2 run
     del a, b, c1, c2
@@ -112,7 +121,10 @@ def _checks(hf_dir: str, root: str) -> dict:
     init_distributed(ParallelLayout(2, 1, 1), seed=1)
     for name, distributed in (("distopt", True), ("plain", False)):
         c = _actor(hf_dir, distributed)
-        load_engine_checkpoint(c.engine, os.path.join(root, name))
+        if distributed:  # the trainer's resume path at a new layout
+            manager.load(latest_checkpoint(manager.root), {"actor": c})
+        else:
+            load_engine_checkpoint(c.engine, paths[name]())
         mc = c.update_policy(data())
         ref_params, ref_metrics = expected[name]
         out[f"tp2_{name}"] = {"param_diff": _max_diff(ref_params, _hf_params(c)),
@@ -120,10 +132,10 @@ def _checks(hf_dir: str, root: str) -> dict:
                               "loss": (ref_metrics["actor/loss"], mc["actor/loss"])}
     # control: the weights alone (fresh Adam moments, lr schedule from 0) give a different update
     w = _actor(hf_dir, True)
-    load_engine_checkpoint(w.engine, os.path.join(root, "distopt"), weights_only=True)
+    load_engine_checkpoint(w.engine, paths["distopt"](), weights_only=True)
     w.update_policy(data())
     out["tp2_weights_only_diff"] = _max_diff(expected["distopt"][0], _hf_params(w))
-    out["error_tp2"] = _error(lambda: load_engine_checkpoint(_actor(hf_dir, True).engine, os.path.join(root, "plain")))
+    out["error_tp2"] = _error(lambda: load_engine_checkpoint(_actor(hf_dir, True).engine, paths["plain"]()))
     return out
 
 
@@ -141,6 +153,10 @@ def test_same_layout_resume_is_bit_identical(results, name):
         assert r["param_diff"] == 0.0
         assert r["lr"][0] == r["lr"][1] > 0
         assert r["loss"][0] == r["loss"][1]
+
+
+def test_trainer_manager_restores_extra_state(results):
+    assert results[0]["extra"]["step"] == 2 and results[0]["extra"]["layout"]["dp"] == 2
 
 
 def test_critic_resume_is_bit_identical(results):
