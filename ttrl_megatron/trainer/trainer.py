@@ -55,6 +55,7 @@ class TTRLTrainer:
         check_loggers(tr.logger)
         self.layout = B.init_parallel(arr.actor.megatron, tr.device, tr.seed)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        B.resolve_initial_policy(cfg, tr.run_dir)  # NeMo-2 / Megatron-Bridge / Megatron-LM / ours -> an HF folder
         self.tokenizer = load_tokenizer(cfg.data.tokenizer, arr.model.trust_remote_code)
         self.train_loader, val_loader = B.build_loaders(cfg.data, self.tokenizer)
         self.total_steps = tr.total_training_steps or tr.total_epochs * len(self.train_loader)

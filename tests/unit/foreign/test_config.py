@@ -24,7 +24,7 @@ from ttrl_megatron.megatron.foreign import ForeignCheckpointError
 from ttrl_megatron.megatron.foreign.arch_map import arch_from_fields
 from ttrl_megatron.megatron.foreign.yaml_config import UnresolvedTarget, resolve_targets
 
-FIXTURE = "/work/shared/fixtures/nemo2-qwen2-tied"
+from tests.shared_paths import NEMO2_FIXTURE as FIXTURE  # ../shared beside the checkout
 needs_fixture = pytest.mark.skipif(not os.path.isdir(FIXTURE), reason=f"NeMo-2 fixture {FIXTURE} is not present")
 # the TransformerConfig defaults the mapping falls back to (api.transformer_config_defaults gives megatron's own)
 KNOWN = {"num_layers": None, "hidden_size": None, "hidden_dropout": 0.1, "normalization": "LayerNorm",

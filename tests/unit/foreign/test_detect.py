@@ -13,7 +13,7 @@ import pytest
 
 from ttrl_megatron.megatron.foreign import ForeignCheckpointError, detect_format, resolve_format
 
-FIXTURE = "/work/shared/fixtures/nemo2-qwen2-tied"
+from tests.shared_paths import NEMO2_FIXTURE as FIXTURE  # ../shared beside the checkout
 needs_fixture = pytest.mark.skipif(not os.path.isdir(FIXTURE), reason=f"NeMo-2 fixture {FIXTURE} is not present")
 
 
