@@ -3,6 +3,8 @@
 - algorithms/ and ttrl/ are pure: no torch.distributed, megatron, vllm, hydra, omegaconf (ttrl/ not even torch).
 - Only megatron/ and bridge/export.py import megatron.core; only rollout/vllm_engine.py imports vllm.
 - Only main.py and the config loader import hydra/omegaconf; bridge/names.py is pure.
+- The optional launchers stay optional: only launch/nemo_run.py imports nemo_run, only ray_main.py and launch/ray_*.py
+  import ray.
 """
 
 import ast
@@ -62,6 +64,10 @@ def test_module_respects_boundaries(path):
         problems += _hits(names, ("megatron",))
     if rel != "rollout/vllm_engine.py":
         problems += _hits(names, ("vllm",))
+    if rel != "launch/nemo_run.py":
+        problems += _hits(names, ("nemo_run",))
+    if not (rel == "ray_main.py" or rel.startswith("launch/ray_")):
+        problems += _hits(names, ("ray",))
     if rel not in ("main.py", "config.py", "config_loader.py", "ray_main.py") and not rel.startswith("config/"):
         problems += _hits(names, ("hydra", "omegaconf"))
     assert not problems, f"{rel} imports {problems}, which ARCHITECTURE.md forbids there"
