@@ -199,7 +199,9 @@ def _supervise(refs: dict, progress, total_steps: int, out) -> int:
             try:
                 ray.get(ref)
             except Exception as exc:  # RayTaskError carries the rank's traceback; RayActorError a dead process
-                print(f"[ray_main] rank {refs[ref]} failed; stopping every rank.\n{exc}", file=sys.stderr, flush=True)
+                detail = getattr(exc, "traceback_str", None) or str(exc)  # the rank's own traceback when Ray has it
+                print(f"[ray_main] rank {refs[ref]} failed; stopping every rank.\n{detail}", file=sys.stderr,
+                      flush=True)
                 return 1
     time.sleep(0.6)  # the tail thread's last poll
     rows += _drain(progress, total_steps, out)
