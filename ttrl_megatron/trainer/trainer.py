@@ -29,7 +29,7 @@ from ttrl_megatron.config import TTRLTrainerConfig, need_critic, need_reference_
 from ttrl_megatron.data import load_tokenizer
 from ttrl_megatron.protocol import DataProto
 from ttrl_megatron.rollout.base import SamplingConfig
-from ttrl_megatron.ttrl import GradingPool, build_reward_manager
+from ttrl_megatron.ttrl import build_reward_manager
 
 from . import builders as B
 from .balance import balance_permutation, seqlen_metrics
@@ -72,7 +72,7 @@ class TTRLTrainer:
         self.weight_sync = B.build_weight_sync(self.actor, self.engine, arch, arr.rollout.sync,
                                                 arr.rollout.max_model_len)
         self.kl_ctrl = get_kl_controller(cfg.algorithm.kl_ctrl) if cfg.algorithm.use_kl_in_reward else None
-        self.grader = GradingPool(cfg.ttrl.grader_workers, cfg.ttrl.grade_timeout_s) if self.rank == 0 else None
+        self.grader = B.build_grader(cfg.ttrl) if self.rank == 0 else None  # local pool, or Ray tasks under ray_main
         self.rewards = RewardStep(ttrl=ttrl, n_votes=self.n_votes, n_samples=self.n_samples,
                                   manager=self._reward_manager() if self.rank == 0 else None, grader=self.grader,
                                   seed=tr.seed, is_source=self.rank == 0)
