@@ -8,6 +8,18 @@ import torch
 from ttrl_megatron.megatron import cpu_compat
 
 
+@pytest.fixture(autouse=True)
+def layer_off():
+    """Start from a process without the layer (an earlier test in this process may have applied it, e.g. through
+    init_distributed) and put back whatever was active, so test order never matters."""
+    before = cpu_compat.active_pieces()
+    cpu_compat.remove_cpu_compat()
+    yield
+    cpu_compat.remove_cpu_compat()
+    if before:
+        cpu_compat.apply_cpu_compat(before)
+
+
 def test_noop_when_cuda_available(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert cpu_compat.apply_cpu_compat() == ()
