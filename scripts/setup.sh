@@ -45,5 +45,11 @@ fi
 export VLLM_CACHE_ROOT="${VLLM_CACHE_ROOT:-$ROOT/.cache/vllm}"
 export VLLM_RPC_BASE_PATH="${VLLM_RPC_BASE_PATH:-$ROOT/.cache/vllm-rpc}"
 mkdir -p "$VLLM_CACHE_ROOT" "$VLLM_RPC_BASE_PATH"
+# Runtime defaults for everything started from these scripts: one thread per process (tiny models run 5-10x faster
+# on 2 cores), no hub access, tokenizers without their own thread pool, vLLM in-process (start-up 3-4 s, not 20-38 s).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+export TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1
+export VLLM_ENABLE_V1_MULTIPROCESSING="${VLLM_ENABLE_V1_MULTIPROCESSING:-0}"
 export PATH="$VENV/bin:$PATH"
 export TTRL_PYTHON="$VENV/bin/python"

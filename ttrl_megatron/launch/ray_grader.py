@@ -16,7 +16,7 @@ from __future__ import annotations
 import zlib
 from typing import Sequence
 
-from ttrl_megatron.ttrl.grading import fast_grade, normalized_pair
+from ttrl_megatron.ttrl.pool import triage_pairs
 
 __all__ = ["RayGrader"]
 
@@ -61,23 +61,7 @@ class RayGrader:
                     total_timeout_s: float | None = None) -> list[bool]:
         """Verdict per pair, in order; None on either side, a timeout, or a task past ``total_timeout_s`` -> False."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        out = [False] * len(pairs)
-        todo: dict[tuple[str, str], list[int]] = {}
-        for i, (given, truth) in enumerate(pairs):
-            if given is None or truth is None:
-                continue
-            verdict = fast_grade(given, truth)
-            if verdict is not None:
-                out[i] = verdict
-                self.stats["fast"] += 1
-                continue
-            key = normalized_pair(given, truth)
-            if key in self._cache:
-                out[i] = self._cache[key]
-                self.stats["cache_hits"] += 1
-            else:
-                todo.setdefault(key, []).append(i)
-        self.stats["pairs"] += len(pairs)
+        out, todo = triage_pairs(pairs, self._cache, self.stats)
         if todo:
             # each distinct normalized pair travels as its first original spelling: the task's pool then takes
             # exactly the path the local pool takes for it (fast verdict None -> normalize -> worker)
