@@ -174,7 +174,7 @@ def load_resharded(sharded: dict, directory: str, vocab_size: int) -> dict:
     ckpt_shapes = {k: tuple(v.global_shape) for k, v in dist_checkpointing.load_tensors_metadata(directory).items()}
     model_shapes = _sharded_shapes(sharded)
     resized = _vocab_rows_to_resize(model_shapes, ckpt_shapes, vocab_size)
-    _raise_collectively(_mismatches(model_shapes, ckpt_shapes, resized, directory))
+    raise_collectively(_mismatches(model_shapes, ckpt_shapes, resized, directory))
     targets = _replace_vocab_entries(sharded, ckpt_shapes, resized)
     state = dist_checkpointing.load(sharded, directory)
     for path, st in targets.items():
@@ -228,7 +228,7 @@ def _mismatches(model_shapes: dict, ckpt_shapes: dict, resized: set, where: str)
     return problems
 
 
-def _raise_collectively(problems: list[str]) -> None:
+def raise_collectively(problems: list[str]) -> None:  # shared with foreign/loader.py
     """Raise the same (first) problem on every rank, so no rank hangs in a later collective."""
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, problems)

@@ -30,6 +30,7 @@ from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadSt
 
 from ttrl_megatron.bridge import layouts
 from ttrl_megatron.megatron.foreign.detect import CheckpointFormat
+from ttrl_megatron.megatron.checkpoint import raise_collectively
 from ttrl_megatron.megatron.hf_io import CheckpointMismatchError
 
 _PER_LAYER = re.compile(r"decoder\.layers\.\d+\.")
@@ -65,7 +66,7 @@ def load_foreign_weights(model: torch.nn.Module, fmt: CheckpointFormat) -> None:
     apply_factories(template)  # factories -> plain ShardedTensors (lists of them for fused fc1)
     expected = {st.key: tuple(st.global_shape) for st in _tensors(template)}
     resized = _vocab_keys_to_resize(expected, ckpt, model.ttrl_arch.vocab_size)
-    _raise_collectively(_problems(expected, ckpt, resized, fmt))
+    raise_collectively(_problems(expected, ckpt, resized, fmt))
     originals = _read_vocab_whole(template, ckpt, resized)
     state = dist_checkpointing.load(template, fmt.weights_dir, common_strategy=_SkipCommon(),
                                     validate_access_integrity=False)
@@ -127,15 +128,6 @@ def _problems(expected: dict, ckpt: dict, resized: set, fmt: CheckpointFormat) -
                        "built from its config (wrong config, or a config field this loader does not map)")
     return out
 
-
-def _raise_collectively(problems: list[str]) -> None:
-    """The same (first) problem raised on every rank, so no rank waits in a later collective."""
-    everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, problems)
-    first = next((p for ps in everyone for p in ps), None)
-    if first is not None:
-        total = sum(len(ps) for ps in everyone)
-        raise CheckpointMismatchError(first + (f" ({total - 1} more problems)" if total > 1 else ""))
 
 
 def _read_vocab_whole(template: dict, ckpt: dict, resized: set) -> dict[str, ShardedTensor]:
