@@ -39,7 +39,7 @@ from ttrl_megatron.algorithms.agg import LOSS_AGG_MODES
 from ttrl_megatron.megatron.batching import MicroBatch
 from ttrl_megatron.megatron.collectives import device
 from ttrl_megatron.megatron.engine import (
-    BatchingConfig, GlobalCounts, RoleEngine, build_model_chunks, reject_model_overrides, reject_unsupported,
+    EngineHandles, BatchingConfig, GlobalCounts, RoleEngine, build_model_chunks, reject_model_overrides, reject_unsupported,
     require_keys, response_mask_of,
 )
 from ttrl_megatron.megatron.logprobs import mask_padded_vocab, response_logprobs, vocab_parallel_entropy
@@ -138,7 +138,7 @@ class ActorEngineConfig:
         return self.ppo_mini_batch_size * self.rows_per_prompt
 
 
-class MegatronActor:
+class MegatronActor(EngineHandles):
     """A policy on megatron-core. Trainable (actor) when built with ``optim``; frozen (reference) without.
 
     ``model_chunks``: this rank's GPTModel stage(s) from ``build_gpt_model``, weights already loaded.
@@ -164,27 +164,6 @@ class MegatronActor:
         self.log_prob_config, self.config = log_prob, config
         self.engine = RoleEngine(model_chunks, optim, gradient_checkpointing=gradient_checkpointing,
                                  param_offload=param_offload)
-
-    # -- checkpoint hooks (megatron/checkpoint.py builds the dist_checkpointing dict from these) -----------------
-    @property
-    def model(self):
-        return self.engine.model
-
-    @property
-    def optimizer(self):
-        return self.engine.optimizer
-
-    @property
-    def scheduler(self):
-        return self.engine.scheduler
-
-    def sharded_state_dict(self, for_loading: bool = False):
-        """Model (+ optimizer + lr scheduler) state for megatron dist_checkpointing (see RoleEngine)."""
-        return self.engine.sharded_state_dict(for_loading)
-
-    def load_state_dict(self, state) -> None:
-        """Restore from ``dist_checkpointing.load(self.sharded_state_dict(for_loading=True), dir)``."""
-        self.engine.load_state_dict(state)
 
     # -- forward-only -----------------------------------------------------------------------------------------------
     def compute_log_prob(self, data: DataProto, calculate_entropy: bool = False

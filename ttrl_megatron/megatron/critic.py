@@ -27,7 +27,7 @@ from ttrl_megatron.algorithms import compute_value_loss, masked_mean
 from ttrl_megatron.algorithms.agg import LOSS_AGG_MODES
 from ttrl_megatron.megatron.batching import MicroBatch
 from ttrl_megatron.megatron.engine import (
-    BatchingConfig, GlobalCounts, RoleEngine, build_model_chunks, reject_model_overrides, reject_unsupported,
+    EngineHandles, BatchingConfig, GlobalCounts, RoleEngine, build_model_chunks, reject_model_overrides, reject_unsupported,
     require_keys, response_mask_of, unwrap,
 )
 from ttrl_megatron.megatron.optimizer import OptimConfig
@@ -102,7 +102,7 @@ def load_critic_weights(model: torch.nn.Module, hf_dir: str, head_weight: Option
             head.weight.copy_(torch.zeros_like(head.weight) if head_weight is None else head_weight.reshape(1, -1))
 
 
-class MegatronCritic:
+class MegatronCritic(EngineHandles):
     """A value model on megatron-core with its optimizer. ``model_chunks``: this rank's value-model stage(s)
     (``build_gpt_model(arch, value_head=True)``), weights loaded."""
 
@@ -113,26 +113,6 @@ class MegatronCritic:
         config.validate()
         self.config = config
         self.engine = RoleEngine(model_chunks, optim, gradient_checkpointing=gradient_checkpointing)
-
-    @property
-    def model(self):
-        return self.engine.model
-
-    @property
-    def optimizer(self):
-        return self.engine.optimizer
-
-    @property
-    def scheduler(self):
-        return self.engine.scheduler
-
-    def sharded_state_dict(self, for_loading: bool = False):
-        """Model (+ optimizer + lr scheduler) state for megatron dist_checkpointing (see RoleEngine)."""
-        return self.engine.sharded_state_dict(for_loading)
-
-    def load_state_dict(self, state) -> None:
-        """Restore from ``dist_checkpointing.load(self.sharded_state_dict(for_loading=True), dir)``."""
-        self.engine.load_state_dict(state)
 
     def compute_values(self, data: DataProto) -> torch.Tensor:
         """``values [B, R]`` (state value before each response token) on every rank; 0 where response_mask is 0."""

@@ -424,3 +424,31 @@ def reject_unsupported(megatron, prefix: str, *, trainable: bool) -> None:
         if megatron.sequence_parallel:
             raise ValueError(f"{prefix}.sequence_parallel=True is not supported by this engine (needs TE/Apex norms "
                              "and sequence-sharded activations); set it False")
+
+
+class EngineHandles:
+    """What a role exposes of its ``RoleEngine`` (``self.engine``) for checkpointing: model chunks, optimizer,
+    lr scheduler and megatron's own sharded state. The trainer checkpoints through
+    megatron/engine_checkpoint.py, which also handles the distributed optimizer's resharding on CPU."""
+
+    engine: "RoleEngine"
+
+    @property
+    def model(self):
+        return self.engine.model
+
+    @property
+    def optimizer(self):
+        return self.engine.optimizer
+
+    @property
+    def scheduler(self):
+        return self.engine.scheduler
+
+    def sharded_state_dict(self, for_loading: bool = False):
+        """Model (+ optimizer + lr scheduler) state for megatron dist_checkpointing (see RoleEngine)."""
+        return self.engine.sharded_state_dict(for_loading)
+
+    def load_state_dict(self, state) -> None:
+        """Restore from ``dist_checkpointing.load(self.sharded_state_dict(for_loading=True), dir)``."""
+        self.engine.load_state_dict(state)
