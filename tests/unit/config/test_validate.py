@@ -98,6 +98,8 @@ CASES = {  # id: (field changes, world_size or None, text the message must conta
     "fsdp_strategy_rejected": ({f"{ARR}.actor.strategy": "fsdp"}, None, f"{ARR}.actor.strategy='fsdp'"),
     "clip_ratio_c_not_above_one": ({f"{ARR}.actor.clip_ratio_c": 1.0}, None, f"{ARR}.actor.clip_ratio_c=1.0"),
     "top_p_out_of_range": ({f"{ARR}.rollout.top_p": 0.0}, None, f"{ARR}.rollout.top_p=0.0 must be in (0, 1]"),
+    "cpu_prefill_budget": ({f"{ARR}.rollout.max_num_seqs": 4096}, None,
+                           f"{ARR}.rollout.max_num_seqs=4096 x data.max_prompt_length"),
     "float16_on_cpu": ({f"{ARR}.rollout.dtype": "float16"}, None, "float16 is not supported"),
     "dynamic_bsz_token_budget_below_one_sequence": ({f"{ARR}.actor.use_dynamic_bsz": True,
                                                      f"{ARR}.actor.ppo_max_token_len_per_gpu": 10}, None,
