@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 PROGRESS_KEYS = ("critic/score/mean", "train/label_accuracy", "actor/pg_loss", "actor/grad_norm", "timing_s/step")
@@ -60,7 +61,12 @@ class RankWorker:
         configure_logging(force=True)
         if progress is not None:
             _tail_metrics(Path(cfg.trainer.run_dir) / "metrics.jsonl", progress)
-        run(cfg)
+        try:
+            run(cfg)
+        except BaseException:
+            # Carry the rank's own formatted traceback in the message: depending on where the rank fails, Ray's
+            # wrapper may hold only str(exc), and the driver must show where the failure happened.
+            raise RuntimeError(f"rank {env.get('RANK')} failed:\n{traceback.format_exc()}") from None
         return "ok"
 
 
