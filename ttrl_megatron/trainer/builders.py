@@ -8,6 +8,7 @@ the only megatron.core user), the rollout contract and the vLLM engine module (t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -60,15 +61,6 @@ def _policy_model(arch, path: str, dtype: torch.dtype):
     return model
 
 
-def _log_prob_config(role, temperature: float, prefix: str):
-    from ttrl_megatron.megatron.actor import LogProbConfig
-
-    return LogProbConfig(micro_batch_size_per_gpu=role.log_prob_micro_batch_size_per_gpu,
-                         use_dynamic_bsz=role.log_prob_use_dynamic_bsz,
-                         max_token_len_per_gpu=role.log_prob_max_token_len_per_gpu,
-                         temperature=temperature, prefix=prefix)
-
-
 def _optim(optim_cfg, use_distributed_optimizer: bool, total_steps: int, prefix: str):
     from ttrl_megatron.megatron.optimizer import OptimConfig
 
@@ -80,34 +72,32 @@ def _optim(optim_cfg, use_distributed_optimizer: bool, total_steps: int, prefix:
 
 def build_actor(actor: ActorConfig, rollout: RolloutConfig, model: ModelConfig, arch, rows_per_prompt: int,
                 total_steps: int, seed: int):
-    """The trainable policy: GPTModel from the HF weights at model.path + optimizer and lr schedule."""
-    from ttrl_megatron.megatron.actor import ActorEngineConfig, MegatronActor
+    """The trainable policy: GPTModel from the HF weights at model.path + optimizer and lr schedule.
+
+    Settings come from the engine's own adapters (``*.from_config``: one mapping from the config sections, with the
+    knob rejection); the trainer only fixes what it owns: the shuffle seed (``trainer.seed``) and the schedule
+    length when ``optim.total_training_steps`` is unset.
+    """
+    from ttrl_megatron.megatron.actor import ActorEngineConfig, LogProbConfig, MegatronActor
 
     prefix = "actor_rollout_ref.actor"
-    engine_cfg = ActorEngineConfig(
-        ppo_mini_batch_size=actor.ppo_mini_batch_size, rows_per_prompt=rows_per_prompt,
-        ppo_micro_batch_size_per_gpu=actor.ppo_micro_batch_size_per_gpu, use_dynamic_bsz=actor.use_dynamic_bsz,
-        ppo_max_token_len_per_gpu=actor.ppo_max_token_len_per_gpu, ppo_epochs=actor.ppo_epochs,
-        shuffle=actor.shuffle, clip_ratio=actor.clip_ratio, clip_ratio_low=actor.clip_ratio_low,
-        clip_ratio_high=actor.clip_ratio_high, clip_ratio_c=actor.clip_ratio_c, loss_agg_mode=actor.loss_agg_mode,
-        loss_scale_factor=actor.loss_scale_factor, entropy_coeff=actor.entropy_coeff,
-        use_kl_loss=actor.use_kl_loss, kl_loss_coef=actor.kl_loss_coef, kl_loss_type=actor.kl_loss_type,
-        loss_mode=actor.policy_loss.loss_mode, clip_cov_ratio=actor.policy_loss.clip_cov_ratio,
-        clip_cov_lb=actor.policy_loss.clip_cov_lb, clip_cov_ub=actor.policy_loss.clip_cov_ub,
-        kl_cov_ratio=actor.policy_loss.kl_cov_ratio, ppo_kl_coef=actor.policy_loss.ppo_kl_coef, seed=seed,
-        prefix=prefix)
+    engine_cfg = dataclasses.replace(ActorEngineConfig.from_config(actor, rows_per_prompt, prefix), seed=seed)
     chunk = _policy_model(arch, model.path, DTYPES[actor.megatron.dtype])
-    return MegatronActor([chunk], _log_prob_config(rollout, rollout.temperature, "actor_rollout_ref.rollout"),
+    return MegatronActor([chunk], LogProbConfig.from_config(rollout, rollout.temperature, "actor_rollout_ref.rollout"),
                          engine_cfg, _optim(actor.optim, actor.megatron.use_distributed_optimizer, total_steps,
-                                            f"{prefix}.optim"))
+                                            f"{prefix}.optim"),
+                         gradient_checkpointing=model.enable_gradient_checkpointing)
 
 
 def build_reference(ref: RefConfig, model: ModelConfig, arch, dtype: str, temperature: float):
     """The frozen reference policy (same initial weights as the actor)."""
-    from ttrl_megatron.megatron.actor import MegatronActor
+    from ttrl_megatron.megatron.actor import LogProbConfig, MegatronActor
+    from ttrl_megatron.megatron.engine import reject_unsupported
 
+    reject_unsupported(ref.megatron, "actor_rollout_ref.ref.megatron", trainable=False)
     chunk = _policy_model(arch, model.path, DTYPES[dtype])
-    return MegatronActor([chunk], _log_prob_config(ref, temperature, "actor_rollout_ref.ref"))
+    return MegatronActor([chunk], LogProbConfig.from_config(ref, temperature, "actor_rollout_ref.ref"),
+                         param_offload=ref.megatron.param_offload)
 
 
 def build_critic(critic: CriticConfig, dtype: str, rows_per_prompt: int, total_steps: int, seed: int):
@@ -118,14 +108,10 @@ def build_critic(critic: CriticConfig, dtype: str, rows_per_prompt: int, total_s
     arch = critic_arch(critic.model.path, critic.model.override_config)
     chunk = build_gpt_model(arch, value_head=True, params_dtype=DTYPES[dtype])
     load_critic_weights(chunk, critic.model.path)
-    engine_cfg = CriticEngineConfig(
-        ppo_mini_batch_size=critic.ppo_mini_batch_size, rows_per_prompt=rows_per_prompt,
-        ppo_micro_batch_size_per_gpu=critic.ppo_micro_batch_size_per_gpu, use_dynamic_bsz=critic.use_dynamic_bsz,
-        ppo_max_token_len_per_gpu=critic.ppo_max_token_len_per_gpu, ppo_epochs=critic.ppo_epochs,
-        shuffle=critic.shuffle, cliprange_value=critic.cliprange_value, loss_agg_mode=critic.loss_agg_mode,
-        seed=seed)
+    engine_cfg = dataclasses.replace(CriticEngineConfig.from_config(critic, rows_per_prompt, "critic"), seed=seed)
     return MegatronCritic([chunk], engine_cfg, _optim(critic.optim, critic.megatron.use_distributed_optimizer,
-                                                      total_steps, "critic.optim"))
+                                                      total_steps, "critic.optim"),
+                          gradient_checkpointing=critic.model.enable_gradient_checkpointing)
 
 
 def critic_arch(path: str, override_config: dict):
