@@ -35,12 +35,11 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from ttrl_megatron.algorithms import agg_loss, compute_policy_loss, kl_penalty
-from ttrl_megatron.algorithms.agg import LOSS_AGG_MODES
 from ttrl_megatron.megatron.batching import MicroBatch
 from ttrl_megatron.megatron.collectives import device
 from ttrl_megatron.megatron.engine import (
-    EngineHandles, BatchingConfig, GlobalCounts, RoleEngine, build_model_chunks, reject_model_overrides, reject_unsupported,
-    require_keys, response_mask_of,
+    BatchingConfig, EngineHandles, GlobalCounts, RoleEngine, build_model_chunks, reject_model_overrides,
+    reject_unsupported, require_keys, response_mask_of, validate_update_settings,
 )
 from ttrl_megatron.megatron.logprobs import mask_padded_vocab, response_logprobs, vocab_parallel_entropy
 from ttrl_megatron.megatron.optimizer import OptimConfig
@@ -120,13 +119,7 @@ class ActorEngineConfig:
         )
 
     def validate(self) -> None:
-        p = self.prefix
-        for name in ("ppo_mini_batch_size", "rows_per_prompt", "ppo_epochs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{p}.{name} must be a positive int, got {value!r}")
-        if self.loss_agg_mode not in LOSS_AGG_MODES:
-            raise ValueError(f"{p}.loss_agg_mode={self.loss_agg_mode!r}; valid: {', '.join(LOSS_AGG_MODES)}")
+        validate_update_settings(self)
         self.batching().validate()
 
     def batching(self) -> BatchingConfig:

@@ -24,11 +24,10 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from ttrl_megatron.algorithms import compute_value_loss, masked_mean
-from ttrl_megatron.algorithms.agg import LOSS_AGG_MODES
 from ttrl_megatron.megatron.batching import MicroBatch
 from ttrl_megatron.megatron.engine import (
-    EngineHandles, BatchingConfig, GlobalCounts, RoleEngine, build_model_chunks, reject_model_overrides, reject_unsupported,
-    require_keys, response_mask_of, unwrap,
+    BatchingConfig, EngineHandles, GlobalCounts, RoleEngine, build_model_chunks, reject_model_overrides,
+    reject_unsupported, require_keys, response_mask_of, unwrap, validate_update_settings,
 )
 from ttrl_megatron.megatron.optimizer import OptimConfig
 from ttrl_megatron.protocol import DataProto
@@ -67,15 +66,9 @@ class CriticEngineConfig:
         )
 
     def validate(self) -> None:
-        p = self.prefix
-        for name in ("ppo_mini_batch_size", "rows_per_prompt", "ppo_epochs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{p}.{name} must be a positive int, got {value!r}")
-        if self.loss_agg_mode not in LOSS_AGG_MODES:
-            raise ValueError(f"{p}.loss_agg_mode={self.loss_agg_mode!r}; valid: {', '.join(LOSS_AGG_MODES)}")
+        validate_update_settings(self)
         if not self.cliprange_value > 0:
-            raise ValueError(f"{p}.cliprange_value must be > 0, got {self.cliprange_value}")
+            raise ValueError(f"{self.prefix}.cliprange_value must be > 0, got {self.cliprange_value}")
         self.batching().validate()
         self.forward_batching().validate()
 

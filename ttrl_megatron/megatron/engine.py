@@ -452,3 +452,16 @@ class EngineHandles:
     def load_state_dict(self, state) -> None:
         """Restore from ``dist_checkpointing.load(self.sharded_state_dict(for_loading=True), dir)``."""
         self.engine.load_state_dict(state)
+
+
+def validate_update_settings(cfg) -> None:
+    """Checks shared by the actor's and the critic's update configs (``cfg.prefix`` names the config section):
+    positive batch/epoch counts and a known ``loss_agg_mode``."""
+    from ttrl_megatron.algorithms.agg import LOSS_AGG_MODES
+
+    for name in ("ppo_mini_batch_size", "rows_per_prompt", "ppo_epochs"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{cfg.prefix}.{name} must be a positive int, got {value!r}")
+    if cfg.loss_agg_mode not in LOSS_AGG_MODES:
+        raise ValueError(f"{cfg.prefix}.loss_agg_mode={cfg.loss_agg_mode!r}; valid: {', '.join(LOSS_AGG_MODES)}")
