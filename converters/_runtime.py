@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import socket
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from ttrl_megatron.distributed import free_port
+
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-def free_port() -> int:
-    """A TCP port the OS reports free on localhost right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def group_is_running() -> bool:

@@ -15,23 +15,17 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue as queue_mod
-import socket
 import time
 import traceback
 from typing import Any, Callable, List
+
+from ttrl_megatron.distributed import free_port
 
 _CHILD_ENV = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 class DistributedTestError(RuntimeError):
     """A rank raised, died or timed out."""
-
-
-def free_port() -> int:
-    """A TCP port free right now on localhost (chosen by the OS; never derived from hashes)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _child(fn, rank, world_size, port, args, kwargs, results, timeout_s):

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tests.integration.tiny_models import TinySpec, make_tiny_model
+from ttrl_megatron.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = TinySpec(arch="qwen2", vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -77,15 +77,9 @@ def _env(run_dir: Path) -> dict:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _command(args: list[str]) -> list[str]:
     torchrun = Path(sys.executable).with_name("torchrun")
-    return [str(torchrun), "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m", "ttrl_megatron.main",
+    return [str(torchrun), "--nproc-per-node", "2", "--master-port", str(free_port()), "-m", "ttrl_megatron.main",
             *args]
 
 

@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from ttrl_megatron.distributed import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 # The console logger's step lines ("step N: ..." behind tqdm's carriage returns): echoed every `echo_every` steps and
 # whenever they carry validation results; vLLM's and megatron's chatter is only in the log file.
 _STEP = re.compile(r"step (\d+): (.*)")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def trainer_env(run_dir: Path) -> dict:

@@ -3,6 +3,7 @@ from ttrl_megatron.distributed.init import (
     DistEnv,
     default_backend,
     destroy_process_group,
+    free_port,
     init_process_group,
     read_dist_env,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "ParallelLayout",
     "default_backend",
     "destroy_process_group",
+    "free_port",
     "init_process_group",
     "read_dist_env",
 ]

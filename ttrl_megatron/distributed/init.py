@@ -85,3 +85,13 @@ def destroy_process_group() -> None:
     """Tear down the default process group if one exists."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def free_port() -> int:
+    """A TCP port the OS reports free on localhost right now (for MASTER_PORT; never derived from hashes, which
+    differ between spawned processes)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -17,7 +17,7 @@ import torch
 
 from ttrl_megatron.config import (ActorConfig, CriticConfig, DataConfig, ModelConfig, RefConfig, RolloutConfig,
                                   SyncConfig)
-from ttrl_megatron.distributed import ParallelLayout
+from ttrl_megatron.distributed import ParallelLayout, free_port
 from ttrl_megatron.rollout.base import derive_seed
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -29,7 +29,7 @@ def init_parallel(megatron_cfg, device: str, seed: int) -> ParallelLayout:
 
     if "RANK" not in os.environ:  # plain `python -m ttrl_megatron.main`: a one-process world on a free port
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+                          MASTER_PORT=str(free_port()))
     world = int(os.environ["WORLD_SIZE"])
     layout = ParallelLayout.from_world(world, megatron_cfg.tensor_model_parallel_size,
                                        megatron_cfg.pipeline_model_parallel_size,
@@ -38,15 +38,9 @@ def init_parallel(megatron_cfg, device: str, seed: int) -> ParallelLayout:
     return layout
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def model_arch(model: ModelConfig):
+def model_arch(model):
+    """Architecture of ``model.path`` (an HF folder) with ``model.override_config`` applied; ``model`` is
+    ``actor_rollout_ref.model`` or ``critic.model``."""
     from ttrl_megatron.megatron.arch import ModelArchConfig
 
     return ModelArchConfig.from_hf(model.path, **dict(model.override_config))
@@ -105,19 +99,13 @@ def build_critic(critic: CriticConfig, dtype: str, rows_per_prompt: int, total_s
     from ttrl_megatron.megatron.critic import CriticEngineConfig, MegatronCritic, load_critic_weights
     from ttrl_megatron.megatron.model import build_gpt_model
 
-    arch = critic_arch(critic.model.path, critic.model.override_config)
+    arch = model_arch(critic.model)
     chunk = build_gpt_model(arch, value_head=True, params_dtype=DTYPES[dtype])
     load_critic_weights(chunk, critic.model.path)
     engine_cfg = dataclasses.replace(CriticEngineConfig.from_config(critic, rows_per_prompt, "critic"), seed=seed)
     return MegatronCritic([chunk], engine_cfg, _optim(critic.optim, critic.megatron.use_distributed_optimizer,
                                                       total_steps, "critic.optim"),
                           gradient_checkpointing=critic.model.enable_gradient_checkpointing)
-
-
-def critic_arch(path: str, override_config: dict):
-    from ttrl_megatron.megatron.arch import ModelArchConfig
-
-    return ModelArchConfig.from_hf(path, **dict(override_config))
 
 
 def build_rollout_engine(rollout: RolloutConfig, model: ModelConfig, rank: int, run_dir: str):
