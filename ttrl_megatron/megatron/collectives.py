@@ -12,12 +12,13 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from ttrl_megatron.distributed.devices import compute_device
+
 
 def device() -> torch.device:
-    """Where the model computes and where collectives run: the current GPU with CUDA (NCCL), else the CPU (gloo)."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    """Where the model computes and where collectives run: the current GPU with CUDA (NCCL), else the CPU (gloo).
+    The policy itself lives in ``ttrl_megatron.distributed.devices``."""
+    return compute_device()
 
 
 def dp_shard_rows(num_rows: int, dp_rank: int, dp_size: int, what: str = "batch") -> torch.Tensor:

@@ -22,6 +22,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer import TransformerConfig
 
 from ttrl_megatron.distributed import ParallelLayout
+from ttrl_megatron.distributed.devices import compute_device
 from ttrl_megatron.megatron.arch import ArchConfigError, ModelArchConfig
 
 __all__ = [
@@ -108,9 +109,8 @@ class ValueHead(torch.nn.Linear):
     """
 
     def __init__(self, hidden_size: int, dtype: torch.dtype):
-        # Same device as megatron's own parameters: the current CUDA device on GPU, else CPU.
-        device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
-        super().__init__(hidden_size, 1, bias=False, dtype=dtype, device=device)
+        # Same device as megatron's own parameters (the run's compute device).
+        super().__init__(hidden_size, 1, bias=False, dtype=dtype, device=compute_device())
         torch.nn.init.zeros_(self.weight)  # an untrained critic predicts 0
         # TP-replicated: both TP ranks see identical hidden states (after the row-parallel all-reduce), so their
         # grads agree and megatron must not treat this parameter as TP-sharded.
