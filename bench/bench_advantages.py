@@ -40,6 +40,8 @@ from ttrl_megatron.algorithms import (  # noqa: E402
 
 EPS = 1e-6
 POS_W, NEG_W, THRESHOLD = 0.1, 1.0, 0.5
+# the algorithm config as the trainer passes it (verl's call: the weights are read from config.grpo_nsr)
+NSR_CONFIG = {"grpo_nsr": {"positive_weight": POS_W, "negative_weight": NEG_W, "correctness_threshold": THRESHOLD}}
 
 
 def make_batch(rows: int, tokens: int, groups: int, seed: int = 0):
@@ -130,9 +132,8 @@ def main():
     result["grpo_nsr"] = compare(
         "grpo_nsr",
         lambda: loop_grpo(rewards, mask, index, scores, POS_W, NEG_W),
-        lambda: compute_grpo_nsr_outcome_advantage(rewards, mask, index, scores, EPS, True, POS_W, NEG_W, THRESHOLD,
-                                                   out=out),
-        lambda: compute_grpo_nsr_outcome_advantage(rewards, mask, index, scores, EPS, True, POS_W, NEG_W, THRESHOLD),
+        lambda: compute_grpo_nsr_outcome_advantage(rewards, mask, index, EPS, True, scores, NSR_CONFIG, out=out),
+        lambda: compute_grpo_nsr_outcome_advantage(rewards, mask, index, EPS, True, scores, NSR_CONFIG),
         rounds)
     result["target_speedup"] = 20
     result["meets_target"] = min(result["grpo"]["speedup"], result["grpo_nsr"]["speedup"]) >= 20

@@ -36,7 +36,7 @@ def baseline(model_dir: str, test_file: str, steps: int, questions: int = 32, vo
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ttrl_megatron.algorithms import compute_advantage
+    from ttrl_megatron.algorithms import compute_grpo_nsr_outcome_advantage
     from ttrl_megatron.data import load_tokenizer
     from ttrl_megatron.data.records import read_rows
     from ttrl_megatron.ttrl import extract_answer
@@ -86,7 +86,7 @@ def baseline(model_dir: str, test_file: str, steps: int, questions: int = 32, vo
         last = mask.sum(1).long().clamp(min=1) - 1
         token_scores[torch.arange(len(kept)), last] = torch.tensor(scores)
         index = [i // keep for i in range(len(kept))]
-        adv, _ = compute_advantage("grpo_nsr", token_level_rewards=token_scores, response_mask=mask, index=index)
+        adv, _ = compute_grpo_nsr_outcome_advantage(token_level_rewards=token_scores, response_mask=mask, index=index)
         t["adv"] = time.perf_counter() - t3
         t4 = time.perf_counter()
         logits = model(input_ids=seqs).logits[:, ids.shape[1] - 1:-1]

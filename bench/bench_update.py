@@ -99,8 +99,8 @@ class Baseline:
                 logits = self.model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
                                     position_ids=mb["position_ids"]).logits[:, p - 1: p + r - 1] / self.temperature
                 logp = torch.log_softmax(logits.float(), -1).gather(-1, mb["responses"][..., None])[..., 0]
-                loss, _ = compute_policy_loss(mb["old_log_probs"], logp, mb["advantages"], mb["response_mask"],
-                                              global_num_tokens=tokens)
+                loss, *_ = compute_policy_loss(mb["old_log_probs"], logp, mb["advantages"], mb["response_mask"],
+                                               cliprange=0.2, batch_num_tokens=tokens)
                 with torch.no_grad():
                     masked_mean(entropy_from_logits(logits.detach()), mb["response_mask"])
                 loss.backward()

@@ -101,19 +101,21 @@ def reference_steps(named_params, batch, mini_batch_rows, loss_of, optim):
 
 def reference_policy_update(hf, batch, cfg, optim):
     """The actor's loss (algorithms-semantics §1.5-§1.7) on each whole mini-batch of the transformers model."""
-    from ttrl_megatron.algorithms import agg_loss, compute_policy_loss, kl_penalty
+    from ttrl_megatron.algorithms import agg_loss, get_policy_loss_fn, kl_penalty
 
     model = copy.deepcopy(hf).train()
+    loss_cfg = cfg.loss_config(None)
+    loss_cfg.global_batch_info.update(loss_scale_factor=float(R))
 
     def loss_of(mb):
         lp, ent = hf_forward(model, mb)
         mask = mb["response_mask"]
-        pg, _ = compute_policy_loss(mb["old_log_probs"], lp, mb["advantages"], mask, cfg.loss_agg_mode,
-                                    cfg.clip_ratio, loss_mode=cfg.loss_mode, loss_scale_factor=float(R))
-        loss = pg - cfg.entropy_coeff * agg_loss(ent, mask, cfg.loss_agg_mode, float(R))
+        pg, _ = get_policy_loss_fn(cfg.loss_mode)(mb["old_log_probs"], lp, mb["advantages"], mask,
+                                                  loss_agg_mode=cfg.loss_agg_mode, config=loss_cfg)
+        loss = pg - cfg.entropy_coeff * agg_loss(ent, mask, cfg.loss_agg_mode, loss_scale_factor=float(R))
         if cfg.use_kl_loss:
             kl = kl_penalty(lp, mb["ref_log_prob"], cfg.kl_loss_type)
-            loss = loss + cfg.kl_loss_coef * agg_loss(kl, mask, cfg.loss_agg_mode, float(R))
+            loss = loss + cfg.kl_loss_coef * agg_loss(kl, mask, cfg.loss_agg_mode, loss_scale_factor=float(R))
         return loss
 
     losses, norms = reference_steps(list(model.named_parameters()), batch, cfg.mini_batch_rows, loss_of, optim)

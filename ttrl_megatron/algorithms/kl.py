@@ -2,8 +2,8 @@
 
 Follows reference/algorithms-semantics.md §1.1-§1.2 (verl's ``kl_penalty`` / ``apply_kl_penalty``; Schulman's
 k1/k2/k3 estimators, http://joschu.net/blog/kl-approx.html; adaptive control from Ziegler et al. 2019,
-arXiv 1909.08593). Unlike verl, the straight-through variants ``k1+`` / ``k3+`` work: their value is k1 / k3 and their
-gradient is k2's (``k2 - sg(k2) + sg(value)``).
+arXiv 1909.08593). Any estimator name may end in ``+`` (verl's straight-through variants, e.g. ``k3+``): the value is
+that estimator's and the gradient is k2's (``k2 - sg(k2) + sg(value)``).
 
 Pure torch; must not import torch.distributed, megatron, vllm, hydra or omegaconf.
 """
@@ -17,7 +17,7 @@ import torch
 from ttrl_megatron.algorithms.masked import masked_mean
 
 _ALIASES = {"kl": "k1", "k1": "k1", "abs": "abs", "mse": "k2", "k2": "k2", "low_var_kl": "k3", "k3": "k3"}
-KL_PENALTY_NAMES = tuple(sorted(_ALIASES)) + ("k1+", "k3+")
+KL_PENALTY_NAMES = tuple(sorted(_ALIASES)) + tuple(sorted(f"{name}+" for name in _ALIASES))
 
 
 def kl_penalty_forward(logprob: torch.Tensor, ref_logprob: torch.Tensor, kl_penalty: str) -> torch.Tensor:
@@ -42,9 +42,12 @@ def kl_penalty_forward(logprob: torch.Tensor, ref_logprob: torch.Tensor, kl_pena
 
 
 def kl_penalty(logprob: torch.Tensor, ref_logprob: torch.Tensor, kl_penalty: str) -> torch.Tensor:
-    """Per-token KL estimate [B, T]; names ending in ``+`` are straight-through (value of k1/k3, gradient of k2)."""
-    if kl_penalty in ("k1+", "k3+"):
+    """Per-token KL estimate [B, T]; a name ending in ``+`` is straight-through (value of the named estimator,
+    gradient of k2), as in verl."""
+    if kl_penalty.endswith("+"):
         value = kl_penalty_forward(logprob, ref_logprob, kl_penalty[:-1])
+        if _ALIASES.get(kl_penalty[:-1]) == "k2":
+            return value
         k2 = kl_penalty_forward(logprob, ref_logprob, "k2")
         return k2 - k2.detach() + value.detach()
     return kl_penalty_forward(logprob, ref_logprob, kl_penalty)
@@ -127,10 +130,32 @@ def get_kl_controller(kl_ctrl, kl_coef: float | None = None, horizon: int | None
     raise ValueError(f"unknown algorithm.kl_ctrl.type {kind!r}; valid types: adaptive, fixed")
 
 
+def apply_kl_penalty(data, *args, **kwargs):
+    """Subtract ``beta * KL`` per token from the scores, then update the controller (§1.1). Two call forms:
+
+    - verl's ``apply_kl_penalty(data, kl_ctrl, kl_penalty="kl") -> (data, metrics)``: ``data`` is a batch (our
+      DataProto) with ``token_level_scores``, ``old_log_probs``, ``ref_log_prob``, ``response_mask`` in ``.batch``;
+      ``data.batch["token_level_rewards"]`` is written.
+    - tensors: ``apply_kl_penalty(token_level_scores, old_log_prob, ref_log_prob, response_mask, kl_ctrl,
+      kl_penalty="kl") -> (token_level_rewards, metrics)`` (:func:`apply_kl_penalty_to_scores`).
+    """
+    if isinstance(data, torch.Tensor):
+        return apply_kl_penalty_to_scores(data, *args, **kwargs)
+    return _apply_kl_penalty_to_batch(data, *args, **kwargs)
+
+
+def _apply_kl_penalty_to_batch(data, kl_ctrl, kl_penalty: str = "kl"):
+    t = data.batch
+    t["token_level_rewards"], metrics = apply_kl_penalty_to_scores(
+        t["token_level_scores"], t["old_log_probs"], t["ref_log_prob"], t["response_mask"], kl_ctrl, kl_penalty)
+    return data, metrics
+
+
 @torch.no_grad()
-def apply_kl_penalty(token_level_scores: torch.Tensor, old_log_prob: torch.Tensor, ref_log_prob: torch.Tensor,
-                     response_mask: torch.Tensor, kl_ctrl, kl_penalty: str = "kl"):
-    """Subtract ``beta * KL`` per token from the scores, then update the controller (§1.1).
+def apply_kl_penalty_to_scores(token_level_scores: torch.Tensor, old_log_prob: torch.Tensor,
+                               ref_log_prob: torch.Tensor, response_mask: torch.Tensor, kl_ctrl,
+                               kl_penalty: str = "kl"):
+    """The tensor form of :func:`apply_kl_penalty`.
 
     Args:
         token_level_scores, old_log_prob, ref_log_prob, response_mask: [B, T].
@@ -150,6 +175,12 @@ def apply_kl_penalty(token_level_scores: torch.Tensor, old_log_prob: torch.Tenso
     current_kl = masked_mean(kld, response_mask, axis=-1).mean().item()
     kl_ctrl.update(current_kl=current_kl, n_steps=token_level_scores.shape[0])
     return token_level_rewards, {"actor/reward_kl_penalty": current_kl, "actor/reward_kl_penalty_coeff": beta}
+
+
+def compute_rewards(token_level_scores, old_log_prob, ref_log_prob, kl_ratio):
+    """verl's helper: ``token_level_scores - kl_ratio * (old_log_prob - ref_log_prob)`` (k1 KL, no mask, no
+    controller)."""
+    return token_level_scores - (old_log_prob - ref_log_prob) * kl_ratio
 
 
 _kl_penalty = kl_penalty  # apply_kl_penalty's argument named like verl's shadows the function

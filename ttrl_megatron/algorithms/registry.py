@@ -1,10 +1,13 @@
-"""A tiny name -> function registry shared by the advantage-estimator and policy-loss registries.
+"""A tiny name -> function registry shared by the advantage-estimator and policy-loss registries, and the import of
+the user's modules that register more (``import_external_libs``).
 
 Pure python. Must not import torch.distributed, megatron, vllm, hydra or omegaconf.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from typing import Callable, Generic, TypeVar
 
 F = TypeVar("F", bound=Callable)
@@ -48,3 +51,37 @@ class Registry(Generic[F]):
 
     def names(self) -> list[str]:
         return sorted(self._fns)
+
+
+def import_external_libs(external_libs) -> list[str]:
+    """Import the user's modules so that their ``register_adv_est`` / ``register_policy_loss`` decorators run
+    (verl's ``import_external_libs``; our config field ``actor_rollout_ref.model.external_lib``).
+
+    ``external_libs``: None, a module name (``my_pkg.my_algos``), a comma-separated string of names, or a list of
+    names; each must be importable (on PYTHONPATH) in every training process. Returns the names imported. An import
+    failure raises ImportError naming the module and the config field.
+    """
+    if not external_libs:
+        return []
+    names = external_libs.split(",") if isinstance(external_libs, str) else list(external_libs)
+    names = [str(n).strip() for n in names if str(n).strip()]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # the user's module may fail in any way while importing
+            raise ImportError(f"actor_rollout_ref.model.external_lib: cannot import {name!r} "
+                              f"({type(exc).__name__}: {exc}); it must be a module on PYTHONPATH") from exc
+    return names
+
+
+def accepts_call(fn: Callable, positional: int, keywords) -> str | None:
+    """None if ``fn`` can be called with ``positional`` positional arguments and the given keywords, else why not."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None  # builtins without a signature: let the call decide
+    try:
+        sig.bind(*([None] * positional), **{k: None for k in keywords})
+    except TypeError as exc:
+        return str(exc)
+    return None

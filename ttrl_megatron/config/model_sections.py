@@ -16,7 +16,7 @@ class ModelConfig:
     enable_gradient_checkpointing: bool = False  # recompute activations in backward (megatron full recompute)
     use_remove_padding: bool = False  # pack sequences without pad tokens for the forward (verl name)
     trust_remote_code: bool = False  # passed to transformers when reading the HF config/tokenizer
-    external_lib: Optional[str] = None  # python module imported before loading the model (verl name), e.g. custom archs
+    external_lib: Optional[str] = None  # modules to import on every rank, comma-separated (verl name): user algorithms
     override_config: dict[str, Any] = field(default_factory=dict)  # HF config attributes to override (verl name)
 
 
@@ -83,7 +83,7 @@ class FsdpCompatConfig:
 
 @dataclass(kw_only=True)
 class PolicyLossConfig:
-    loss_mode: str = "vanilla"  # policy loss: vanilla (PPO dual-clip) | gspo | clip_cov | kl_cov | gpg
+    loss_mode: str = "vanilla"  # vanilla|gspo|sapo|geo_mean|cispo|clip_cov|kl_cov|gpg or one from external_lib
     clip_cov_ratio: float = 0.0002  # clip_cov: fraction of valid tokens whose loss is zeroed
     clip_cov_lb: float = 1.0  # clip_cov: lower covariance bound of the candidates
     clip_cov_ub: float = 5.0  # clip_cov: upper covariance bound of the candidates
@@ -112,9 +112,12 @@ class ActorConfig:
     clip_ratio_low: Optional[float] = 0.2  # lower PPO clip epsilon; null = clip_ratio
     clip_ratio_high: Optional[float] = 0.2  # upper PPO clip epsilon; null = clip_ratio
     clip_ratio_c: float = 3.0  # dual-clip constant for negative advantages, > 1
-    loss_agg_mode: str = "token-mean"  # token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm
+    loss_agg_mode: str = "token-mean"  # token-mean|token-sum|seq-mean-token-{sum,mean}|seq-mean-token-sum-norm
     loss_scale_factor: Optional[float] = None  # seq-mean-token-sum-norm divisor; null = max_response_length
     entropy_coeff: float = 0.0  # entropy bonus coefficient (subtracted from the loss)
+    tau_pos: float = 1.0  # sapo: gate temperature of tokens with advantage > 0, > 0
+    tau_neg: float = 1.05  # sapo: gate temperature of tokens with advantage <= 0, > 0
+    calculate_sum_pi_squared: bool = False  # sum_v pi^2 per token (optimal_token_baseline); not computed yet: refused
     use_kl_loss: bool = False  # add kl_loss_coef * KL(actor || ref) to the loss (needs the reference model)
     kl_loss_coef: float = 0.001  # weight of that KL loss
     kl_loss_type: str = "low_var_kl"  # KL estimator: kl|k1 | abs | mse|k2 | low_var_kl|k3

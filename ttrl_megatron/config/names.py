@@ -10,8 +10,9 @@ _FALLBACK_ADV_ESTIMATORS = ("gae", "grpo", "grpo_nsr", "rloo", "reinforce_plus_p
                             "remax", "opo", "gpg", "grpo_passk", "psr_nsr")
 _FALLBACK_POLICY_LOSSES = ("vanilla", "gspo", "clip_cov", "kl_cov", "gpg")
 
-KL_ESTIMATORS = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+_KL_BASE = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
+KL_ESTIMATORS = _KL_BASE + tuple(f"{name}+" for name in _KL_BASE)  # "+": straight-through (k2's gradient)
+LOSS_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 KL_CTRL_TYPES = ("fixed", "adaptive")
 LOAD_FORMATS = ("auto", "hf", "nemo2", "mbridge", "megatron_lm")
 OPTIMIZERS = ("adam", "sgd")
@@ -29,7 +30,10 @@ PROMPT_TEMPLATES = ("auto", "chat", "plain")
 ON_MISMATCH = ("raise", "warn")
 CHECKPOINT_CONTENTS = ("model", "optimizer", "extra", "hf_model")
 # Estimators that compare the rollouts of one prompt with each other: they need >= 2 rollouts per prompt.
-GROUP_ESTIMATORS = ("grpo", "grpo_nsr", "rloo", "opo", "gpg", "grpo_passk", "reinforce_plus_plus_baseline")
+GROUP_ESTIMATORS = ("grpo", "grpo_vectorized", "grpo_nsr", "rloo", "rloo_vectorized", "opo", "gpg", "grpo_passk",
+                    "reinforce_plus_plus_baseline")
+# Estimators that need sum_v pi_v^2 per token from the actor (actor_rollout_ref.actor.calculate_sum_pi_squared).
+SUM_PI_SQUARED_ESTIMATORS = ("optimal_token_baseline", "tir_optimal_token_baseline")
 
 
 def adv_estimator_names() -> tuple[str, ...]:

@@ -21,7 +21,7 @@ def validate(cfg: TTRLTrainerConfig, world_size: int | None = None, *, check_pat
     """
     planned = cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node
     world = planned if world_size is None else world_size
-    problems: list[str] = []
+    problems: list[str] = _check_algorithm_plugins(cfg)
     problems += _check_names(cfg)
     problems += _check_ranges(cfg)
     problems += _check_parallel(cfg, world, planned)
@@ -40,6 +40,27 @@ def _one_of(value, valid, field: str) -> list[str]:
     if value in valid:
         return []
     return [f"{field}={value!r} is not a valid name; use one of {', '.join(map(str, valid))}"]
+
+
+def _check_algorithm_plugins(cfg: TTRLTrainerConfig) -> list[str]:
+    """Import actor_rollout_ref.model.external_lib (the user's estimators and losses register on import), then check
+    that the selected estimator and policy loss accept the calls verl's trainer and actor make."""
+    from ttrl_megatron.algorithms import check_adv_estimator_call, check_policy_loss_call, import_external_libs
+
+    try:
+        import_external_libs(cfg.actor_rollout_ref.model.external_lib)
+    except ImportError as exc:
+        return [str(exc)]
+    p = []
+    for check, name, valid in ((check_adv_estimator_call, cfg.algorithm.adv_estimator, N.adv_estimator_names()),
+                               (check_policy_loss_call, cfg.actor_rollout_ref.actor.policy_loss.loss_mode,
+                                N.policy_loss_names())):
+        if name in valid:  # unknown names are reported by _check_names
+            try:
+                check(name)
+            except ValueError as exc:
+                p.append(str(exc))
+    return p
 
 
 def _check_names(cfg: TTRLTrainerConfig) -> list[str]:
@@ -230,6 +251,17 @@ def _check_algorithm(cfg: TTRLTrainerConfig) -> list[str]:
     if algo.adv_estimator == "remax" and (not rollout.do_sample or rollout.temperature == 0):
         p.append(f"algorithm.adv_estimator=remax subtracts the reward of a greedy rollout: the training rollouts must "
                  f"be sampled ({ARR}.rollout.do_sample=True, temperature > 0) or every advantage is 0")
+    if algo.adv_estimator == "remax":
+        p.append("algorithm.adv_estimator=remax needs reward_baselines (the reward of a greedy rollout of each prompt), "
+                 "which this trainer does not generate; use grpo, rloo or another estimator")
+    if algo.adv_estimator in N.SUM_PI_SQUARED_ESTIMATORS and not actor.calculate_sum_pi_squared:
+        p.append(f"algorithm.adv_estimator={algo.adv_estimator} needs sum_pi_squared per token from the actor: set "
+                 f"{ARR}.actor.calculate_sum_pi_squared=True")
+    if actor.calculate_sum_pi_squared:
+        p.append(f"{ARR}.actor.calculate_sum_pi_squared=True: the Megatron actor does not compute sum_v pi_v^2 in its "
+                 f"log-prob pass yet, so optimal_token_baseline / tir_optimal_token_baseline cannot be trained here")
+    if not (actor.tau_pos > 0 and actor.tau_neg > 0):
+        p.append(f"{ARR}.actor.tau_pos={actor.tau_pos} and tau_neg={actor.tau_neg} (sapo gate temperatures) must be > 0")
     if algo.kl_ctrl.type == "adaptive" and (algo.kl_ctrl.horizon <= 0 or algo.kl_ctrl.target_kl <= 0):
         p.append("algorithm.kl_ctrl.horizon and target_kl must be > 0 for kl_ctrl.type=adaptive")
     for name, nsr in (("grpo_nsr", algo.grpo_nsr), ("psr_nsr", algo.psr_nsr)):

@@ -34,7 +34,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from ttrl_megatron.algorithms import agg_loss, compute_policy_loss, kl_penalty
+from ttrl_megatron.algorithms import ActorLossConfig, PolicyLossSettings, agg_loss, get_policy_loss_fn, kl_penalty
 from ttrl_megatron.megatron.batching import MicroBatch
 from ttrl_megatron.megatron.collectives import device
 from ttrl_megatron.megatron.engine import (
@@ -96,6 +96,8 @@ class ActorEngineConfig:
     clip_cov_ub: float = 5.0
     kl_cov_ratio: float = 2e-4
     ppo_kl_coef: float = 0.1
+    tau_pos: float = 1.0  # sapo gate temperature for A > 0 (actor.tau_pos)
+    tau_neg: float = 1.05  # sapo gate temperature for A <= 0 (actor.tau_neg)
     seed: int = 42  # shuffling between epochs and clip_cov's random token choice (same on every rank)
     prefix: str = "actor_rollout_ref.actor"
 
@@ -115,7 +117,7 @@ class ActorEngineConfig:
             use_kl_loss=actor.use_kl_loss, kl_loss_coef=actor.kl_loss_coef, kl_loss_type=actor.kl_loss_type,
             loss_mode=pl.loss_mode, clip_cov_ratio=pl.clip_cov_ratio, clip_cov_lb=pl.clip_cov_lb,
             clip_cov_ub=pl.clip_cov_ub, kl_cov_ratio=pl.kl_cov_ratio, ppo_kl_coef=pl.ppo_kl_coef,
-            seed=actor.megatron.seed, prefix=prefix,
+            tau_pos=actor.tau_pos, tau_neg=actor.tau_neg, seed=actor.megatron.seed, prefix=prefix,
         )
 
     def validate(self) -> None:
@@ -125,6 +127,17 @@ class ActorEngineConfig:
     def batching(self) -> BatchingConfig:
         return BatchingConfig(self.ppo_micro_batch_size_per_gpu, self.use_dynamic_bsz, self.ppo_max_token_len_per_gpu,
                               f"{self.prefix}.ppo_micro_batch_size_per_gpu / ppo_max_token_len_per_gpu")
+
+    def loss_config(self, generator: Optional[torch.Generator]) -> ActorLossConfig:
+        """The ``config`` every policy loss gets: verl's actor-config fields under verl's names (global_batch_info
+        is filled per micro-batch)."""
+        return ActorLossConfig(
+            clip_ratio=self.clip_ratio, clip_ratio_low=self.clip_ratio_low, clip_ratio_high=self.clip_ratio_high,
+            clip_ratio_c=self.clip_ratio_c, loss_agg_mode=self.loss_agg_mode, loss_scale_factor=self.loss_scale_factor,
+            tau_pos=self.tau_pos, tau_neg=self.tau_neg, generator=generator,
+            policy_loss=PolicyLossSettings(loss_mode=self.loss_mode, clip_cov_ratio=self.clip_cov_ratio,
+                                           clip_cov_lb=self.clip_cov_lb, clip_cov_ub=self.clip_cov_ub,
+                                           kl_cov_ratio=self.kl_cov_ratio, ppo_kl_coef=self.ppo_kl_coef))
 
     @property
     def mini_batch_rows(self) -> int:
@@ -191,9 +204,10 @@ class MegatronActor(EngineHandles):
         width = tensors["responses"].shape[1]
         scale = cfg.loss_scale_factor if cfg.loss_scale_factor is not None else float(width)
         gen = torch.Generator(device=device()).manual_seed(cfg.seed)  # clip_cov's draws happen where the tensors are
+        loss_cfg = cfg.loss_config(gen)
 
         def fn(counts: GlobalCounts, mb: MicroBatch, output: torch.Tensor):
-            return self._policy_loss(counts, scale, gen, mb, output)
+            return self._policy_loss(counts, scale, loss_cfg, mb, output)
 
         metrics, _ = self.engine.train(tensors, keys, cfg.batching(), cfg.mini_batch_rows, cfg.ppo_epochs,
                                        cfg.shuffle, cfg.seed, fn)
@@ -202,27 +216,30 @@ class MegatronActor(EngineHandles):
         out["actor/loss"] = metrics.get("_loss", 0.0)
         return out
 
-    def _policy_loss(self, counts: GlobalCounts, scale: float, gen: torch.Generator, mb: MicroBatch,
+    def _policy_loss(self, counts: GlobalCounts, scale: float, loss_cfg: ActorLossConfig, mb: MicroBatch,
                      output: torch.Tensor):
         cfg, t = self.config, mb.tensors
         p, r = mb.prompt_width, mb.response_width
         lp, _ = response_logprobs(output[:, p - 1: p + r - 1], t["responses"], self.engine.arch.vocab_size,
                                   self.log_prob_config.temperature, with_entropy=False)
         mask = response_mask_of(t)
-        agg_kwargs = dict(global_num_tokens=counts.tokens, global_num_seqs=counts.seqs)
+        # verl's global_batch_info: this shard's share of the whole mini-batch (dp_size=1: the engine rescales).
+        loss_cfg.global_batch_info.update(dp_size=1, batch_num_tokens=counts.tokens, global_batch_size=counts.seqs,
+                                          loss_scale_factor=scale)
 
         def agg(values):
-            return agg_loss(values, mask, cfg.loss_agg_mode, scale, **agg_kwargs)
+            return agg_loss(values, mask, cfg.loss_agg_mode, **loss_cfg.global_batch_info)
 
-        pg_loss, pg_metrics = compute_policy_loss(
-            t["old_log_probs"], lp, t["advantages"], mask, cfg.loss_agg_mode, cfg.clip_ratio, cfg.clip_ratio_low,
-            cfg.clip_ratio_high, cfg.clip_ratio_c, cfg.loss_mode, loss_scale_factor=scale,
-            clip_cov_ratio=cfg.clip_cov_ratio, clip_cov_lb=cfg.clip_cov_lb, clip_cov_ub=cfg.clip_cov_ub,
-            kl_cov_ratio=cfg.kl_cov_ratio, ppo_kl_coef=cfg.ppo_kl_coef, generator=gen, **agg_kwargs,
-        )
-        # Token-weighted shares: summed over micro-batches and DP they give the mini-batch token mean.
+        # Exactly verl's actor call, so a loss registered from a verl recipe runs unchanged.
+        policy_loss_fn = get_policy_loss_fn(cfg.loss_mode)
+        pg_loss, pg_metrics = policy_loss_fn(t["old_log_probs"], lp, t["advantages"], mask,
+                                             loss_agg_mode=cfg.loss_agg_mode, config=loss_cfg,
+                                             rollout_is_weights=t.get("rollout_is_weights"))
+        # Token-weighted shares: summed over micro-batches and DP they give the mini-batch token mean. verl's
+        # losses return Python floats, ours 0-dim tensors: both become tensors on the loss's device.
         weight = float(mask.sum()) / max(counts.tokens, 1.0)
-        outputs = {k.split("/", 1)[1]: v.detach() * weight for k, v in pg_metrics.items()}
+        outputs = {k.split("/", 1)[-1]: torch.as_tensor(v, device=pg_loss.device).detach().float() * weight
+                   for k, v in pg_metrics.items()}
         outputs["pg_loss"] = pg_loss.detach()
         loss = pg_loss
         entropy = self._entropy(output, mb, grad=cfg.entropy_coeff != 0)

@@ -132,7 +132,7 @@ class MegatronCritic(EngineHandles):
             mask = response_mask_of(t)
             loss, clipfrac = compute_value_loss(
                 vpreds, t["returns"], t["values"], mask, cfg.cliprange_value, cfg.loss_agg_mode,
-                loss_scale_factor=scale, global_num_tokens=counts.tokens, global_num_seqs=counts.seqs)
+                batch_num_tokens=counts.tokens, global_batch_size=counts.seqs, loss_scale_factor=scale)
             weight = float(mask.sum()) / max(counts.tokens, 1.0)
             return loss, {"vf_loss": loss.detach(), "vf_clipfrac": clipfrac * weight,
                           "vpred_mean": masked_mean(vpreds.detach(), mask) * weight}

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from ttrl_megatron.algorithms import (adv_estimator_params, apply_kl_penalty, compute_advantage,
-                                      compute_grpo_nsr_metrics, get_kl_controller)
+from ttrl_megatron.algorithms import (apply_kl_penalty, check_adv_estimator_call, compute_advantage,
+                                      compute_grpo_nsr_metrics, get_kl_controller, import_external_libs)
 from ttrl_megatron.bridge.sync import rollout_probs_diff
 from ttrl_megatron.config import TTRLTrainerConfig, need_critic, need_reference_policy, save_resolved
 from ttrl_megatron.data import load_tokenizer
@@ -105,15 +105,11 @@ class TTRLTrainer:
                                     custom_name=cfg.custom_reward_function.name)
 
     def _setup_advantage(self) -> None:
-        """Which inputs and config values the chosen estimator takes, decided once."""
+        """Import the user's estimators/losses (actor_rollout_ref.model.external_lib; every rank and Ray worker runs
+        this) and check the chosen estimator takes verl's call; grpo_nsr also reports its metrics."""
         algo = self.cfg.algorithm
-        params, _ = adv_estimator_params(algo.adv_estimator)
-        values = {"gamma": algo.gamma, "lam": algo.lam, "norm_adv_by_std_in_grpo": algo.norm_adv_by_std_in_grpo}
-        if algo.adv_estimator in ("grpo_nsr", "psr_nsr"):
-            values.update(dataclasses.asdict(getattr(algo, algo.adv_estimator)))
-        self.adv_static = {k: v for k, v in values.items() if k in params}
-        self.adv_tensors = [k for k in ("values", "token_level_scores") if k in params]
-        self.adv_index = "index" in params
+        import_external_libs(self.cfg.actor_rollout_ref.model.external_lib)
+        check_adv_estimator_call(algo.adv_estimator)
         self.adv_metrics = (partial(compute_grpo_nsr_metrics, **dataclasses.asdict(algo.grpo_nsr))
                             if algo.adv_estimator == "grpo_nsr" else None)
 
@@ -160,16 +156,14 @@ class TTRLTrainer:
         return metrics
 
     def advantages(self, batch: DataProto) -> dict:
-        t = batch.batch
-        kwargs = {k: t[k] for k in self.adv_tensors}
-        if self.adv_index:
-            kwargs["index"] = batch.obj("uid")
-        t["advantages"], t["returns"] = compute_advantage(
-            self.cfg.algorithm.adv_estimator, token_level_rewards=t["token_level_rewards"],
-            response_mask=t["response_mask"], **kwargs, **self.adv_static)
+        """advantages / returns into the batch, by verl's compute_advantage (it calls every estimator as verl does)."""
+        algo = self.cfg.algorithm
+        compute_advantage(batch, algo.adv_estimator, gamma=algo.gamma, lam=algo.lam,
+                          num_repeat=self.cfg.actor_rollout_ref.rollout.n,
+                          norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo, config=algo)
         if self.adv_metrics is None:
             return {}
-        return self.adv_metrics(t["response_mask"], t["token_level_scores"])
+        return self.adv_metrics(batch.batch["response_mask"], batch.batch["token_level_scores"])
 
     # ------------------------------------------------------------------ the step
     def train_step(self, prompts: dict) -> dict:

@@ -23,12 +23,13 @@ from ttrl_megatron.algorithms import (
     compute_reinforce_plus_plus_outcome_advantage,
     compute_remax_outcome_advantage,
     compute_rloo_outcome_advantage,
+    compute_rloo_vectorized_outcome_advantage,
     get_adv_estimator_fn,
     list_adv_estimators,
     register_adv_est,
     scores_to_token_level,
 )
-from ttrl_megatron.algorithms.adv_registry import adv_estimator_params
+from ttrl_megatron.protocol import DataProto
 
 EPS = 1e-6
 SQRT3 = math.sqrt(3.0)
@@ -144,6 +145,11 @@ def test_empty_and_all_masked_rows():
     assert adv[0, 0].item() == pytest.approx((1 / 6) / math.sqrt(1 / 12), rel=1e-5)
 
 
+def nsr_config(positive_weight=0.1, negative_weight=1.0, correctness_threshold=0.5, section="grpo_nsr"):
+    return {section: {"positive_weight": positive_weight, "negative_weight": negative_weight,
+                      "correctness_threshold": correctness_threshold}}
+
+
 @pytest.mark.parametrize("norm", [True, False])
 def test_grpo_nsr_with_unit_weights_equals_grpo_bitwise(norm):
     gen = torch.Generator().manual_seed(0)
@@ -152,8 +158,7 @@ def test_grpo_nsr_with_unit_weights_equals_grpo_bitwise(norm):
     index = torch.randint(0, 9, (64,), generator=gen)
     grpo, _ = compute_grpo_outcome_advantage(rewards, mask, index, norm_adv_by_std_in_grpo=norm)
     nsr, _ = compute_grpo_nsr_outcome_advantage(rewards, mask, index, token_level_scores=rewards,
-                                                norm_adv_by_std_in_grpo=norm, positive_weight=1.0,
-                                                negative_weight=1.0)
+                                                norm_adv_by_std_in_grpo=norm, config=nsr_config(1.0, 1.0))
     assert torch.equal(grpo, nsr)
 
 
@@ -169,8 +174,7 @@ def test_grpo_nsr_mean_only_gives_weighted_accuracy_gaps():
     # 0/1 rewards, group accuracy p = 3/4: mean-only gives +w_pos (1 - p) and -w_neg p.
     rewards, mask = outcome_batch([1.0, 1.0, 1.0, 0.0], [4] * 4)
     adv, _ = compute_grpo_nsr_outcome_advantage(rewards, mask, np.zeros(4, dtype=np.int64),
-                                                norm_adv_by_std_in_grpo=False, positive_weight=0.2,
-                                                negative_weight=0.5)
+                                                norm_adv_by_std_in_grpo=False, config=nsr_config(0.2, 0.5))
     assert row_values(adv, mask) == pytest.approx([0.2 * 0.25] * 3 + [-0.5 * 0.75], abs=1e-7)
 
 
@@ -180,12 +184,12 @@ def test_grpo_nsr_kl_shaped_rewards_do_not_change_correctness():
     rewards = scores - kl
     index = np.array([0, 0])
     adv, _ = compute_grpo_nsr_outcome_advantage(rewards, mask, index, token_level_scores=scores,
-                                                positive_weight=0.1, negative_weight=1.0)
+                                                config=nsr_config(0.1, 1.0))
     # shaped sums [0.2, -0.8]: grpo values +-1/sqrt(2) (std of two values = |diff|/sqrt(2))
     a = 1.0 / (math.sqrt(2.0) + EPS)
     assert row_values(adv, mask) == pytest.approx([0.1 * a, -a], rel=1e-5)
     # judged on the shaped rewards instead, the correct row would be "incorrect" and keep weight 1
-    adv_wrong, _ = compute_grpo_nsr_outcome_advantage(rewards, mask, index, positive_weight=0.1)
+    adv_wrong, _ = compute_grpo_nsr_outcome_advantage(rewards, mask, index, config=nsr_config(0.1))
     assert row_values(adv_wrong, mask) == pytest.approx([a, -a], rel=1e-5)
 
 
@@ -202,8 +206,8 @@ def test_grpo_nsr_metrics_and_validation():
     empty = compute_grpo_nsr_metrics(torch.zeros(2, 3), torch.zeros(2, 3), correctness_threshold=0.5,
                                      positive_weight=0.1, negative_weight=1.0)
     assert empty["training/grpo_nsr_pos_token_ratio"] == 0.0
-    with pytest.raises(ValueError, match="positive_weight"):
-        compute_grpo_nsr_outcome_advantage(scores, mask, np.zeros(4), positive_weight=-0.1)
+    with pytest.raises(ValueError, match="algorithm.grpo_nsr.positive_weight"):
+        compute_grpo_nsr_outcome_advantage(scores, mask, np.zeros(4), config=nsr_config(-0.1))
 
 
 def test_rloo_golden():
@@ -212,6 +216,9 @@ def test_rloo_golden():
     assert ret is adv
     # group a: 3/2 (s - 2/3) = s - mean of the other two; singleton keeps its score
     assert row_values(adv, mask) == pytest.approx([0.5, -1.0, 0.5, 0.0, 0.0, 0.7], abs=1e-6)
+    # verl's vectorized RLOO: the same, except that the singleton gets 0
+    vec, _ = compute_rloo_vectorized_outcome_advantage(rewards, mask, INDEX)
+    assert row_values(vec, mask) == pytest.approx([0.5, -1.0, 0.5, 0.0, 0.0, 0.0], abs=1e-6)
 
 
 def test_opo_golden():
@@ -237,6 +244,10 @@ def test_grpo_passk_golden_ties_and_singletons():
     assert row_values(adv, mask) == pytest.approx(expected, abs=1e-6)
     plain, _ = compute_grpo_passk_outcome_advantage(rewards, mask, index, norm_adv_by_std_in_grpo=False)
     assert row_values(plain, mask)[1] == pytest.approx(0.4, abs=1e-6)
+    # as verl: a given config decides the normalization, not the argument
+    by_config, _ = compute_grpo_passk_outcome_advantage(rewards, mask, index, norm_adv_by_std_in_grpo=True,
+                                                        config={"norm_adv_by_std_in_grpo": False})
+    assert torch.equal(by_config, plain)
     with pytest.raises(ValueError, match="at least 2"):
         compute_grpo_passk_outcome_advantage(rewards, mask, np.array([0, 0, 0, 1, 1, 2]))
 
@@ -271,16 +282,25 @@ def test_gae_golden_with_masked_hole():
     torch.testing.assert_close(ret_disc, torch.tensor([[g0 + 0.5, g1 + 0.2, 0.9 + 0.1]]))
 
 
-def test_reinforce_plus_plus_golden_resets_after_eos():
+def test_reinforce_plus_plus_golden_masked_positions():
     rewards = torch.tensor([[0.0, 0.0, 1.0, 5.0], [0.0, 2.0, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
-    adv, ret = compute_reinforce_plus_plus_outcome_advantage(rewards, mask, gamma=0.5)
-    # row 0: the padding reward 5 does not flow back past EOS
-    torch.testing.assert_close(ret, torch.tensor([[0.25, 0.5, 1.0, 5.0], [1.0, 2.0, 0.0, 0.0]]))
+    adv, ret = compute_reinforce_plus_plus_outcome_advantage(rewards, mask, config={"gamma": 0.5})
+    # row 0: the reward 5 on a padding position is dropped, and the padding's return is 0 (current verl)
+    torch.testing.assert_close(ret, torch.tensor([[0.25, 0.5, 1.0, 0.0], [1.0, 2.0, 0.0, 0.0]]))
     valid = [0.25, 0.5, 1.0, 1.0, 2.0, 0.0, 0.0]
     mean, var = statistics.mean(valid), statistics.variance(valid)
     expected = ((ret - mean) / math.sqrt(var + 1e-8)) * mask
     torch.testing.assert_close(adv, expected)
+    # an observation span inside the response (masked) is skipped: the later reward still reaches token 0
+    hole = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    _, ret_hole = compute_reinforce_plus_plus_outcome_advantage(torch.tensor([[0.0, 0.0, 0.0, 1.0]]), hole,
+                                                                config={"gamma": 0.5})
+    torch.testing.assert_close(ret_hole, torch.tensor([[0.5, 0.0, 0.0, 1.0]]))
+    with pytest.raises(ValueError, match="'gamma'"):
+        compute_reinforce_plus_plus_outcome_advantage(rewards, mask)  # verl requires the config
+    with pytest.raises(TypeError, match="gamma"):
+        compute_reinforce_plus_plus_outcome_advantage(rewards, mask, gamma=0.5)  # not silently ignored
 
 
 def test_remax_golden():
@@ -293,15 +313,15 @@ def test_remax_golden():
 
 def test_psr_nsr_w_reinforce_golden():
     scores, mask = outcome_batch([1.0, 0.0, 0.0, 0.0], [2, 3, 1, 4])
-    adv, ret = compute_psr_nsr_outcome_advantage(scores, mask, gamma=1.0)
+    adv, ret = compute_psr_nsr_outcome_advantage(scores, mask)
     # no baseline: +0.1 on correct rows, -1 on incorrect rows, even in an all-wrong group
     expected = torch.tensor([0.1, -1.0, -1.0, -1.0]).unsqueeze(-1) * mask
     torch.testing.assert_close(adv, expected)
     torch.testing.assert_close(ret.sum(-1), torch.tensor([2.0, 0.0, 0.0, 0.0]))  # G = 1 on each valid token
     # with KL in the reward, correctness still comes from the scores: lambda * G and (G - 1)
     rewards = scores - 0.1 * mask
-    adv_kl, _ = compute_psr_nsr_outcome_advantage(rewards, mask, gamma=1.0, token_level_scores=scores,
-                                                  positive_weight=0.5, negative_weight=2.0)
+    adv_kl, _ = compute_psr_nsr_outcome_advantage(rewards, mask, token_level_scores=scores,
+                                                  config={"gamma": 1.0, **nsr_config(0.5, 2.0, section="psr_nsr")})
     torch.testing.assert_close(adv_kl[0, :2], 0.5 * torch.tensor([0.8, 0.9]))
     torch.testing.assert_close(adv_kl[1, :3], 2.0 * (torch.tensor([-0.3, -0.2, -0.1]) - 1.0))
 
@@ -338,33 +358,29 @@ def test_random_groups_match_loop_reference(kind, fn):
     torch.testing.assert_close(adv[:, 0], torch.tensor(expected, dtype=torch.float64))
 
 
-ESTIMATOR_CALLS = {
-    "gae": lambda t: dict(token_level_rewards=t["r"], values=t["v"], response_mask=t["m"], gamma=1.0, lam=0.95),
-    "grpo": lambda t: dict(token_level_rewards=t["r"], response_mask=t["m"], index=t["i"]),
-    "grpo_nsr": lambda t: dict(token_level_rewards=t["r"], response_mask=t["m"], index=t["i"],
-                               token_level_scores=t["s"]),
-    "rloo": lambda t: dict(token_level_rewards=t["r"], response_mask=t["m"], index=t["i"]),
-    "reinforce_plus_plus": lambda t: dict(token_level_rewards=t["r"], response_mask=t["m"], gamma=1.0),
-    "reinforce_plus_plus_baseline": lambda t: dict(token_level_rewards=t["r"], response_mask=t["m"], index=t["i"]),
-    "remax": lambda t: dict(token_level_rewards=t["r"], response_mask=t["m"], reward_baselines=t["b"]),
-    "opo": lambda t: dict(token_level_rewards=t["r"], response_mask=t["m"], index=t["i"]),
-    "gpg": lambda t: dict(token_level_rewards=t["r"], response_mask=t["m"], index=t["i"]),
-    "grpo_passk": lambda t: dict(token_level_rewards=t["r"], response_mask=t["m"], index=t["i"]),
-    "psr_nsr": lambda t: dict(token_level_rewards=t["r"], response_mask=t["m"], gamma=1.0, token_level_scores=t["s"]),
-}
-
-
-def random_tensors():
+def random_batch(with_baselines=False):
+    """A DataProto as the trainer holds it: [8, 6] tensors and 4 prompt groups of 2 under non_tensor_batch uid."""
     gen = torch.Generator().manual_seed(2)
     mask = (torch.arange(6).unsqueeze(0) < torch.randint(1, 7, (8, 1), generator=gen)).float()
     scores = scores_to_token_level((torch.rand(8, generator=gen) > 0.5).float(), mask)
-    return {"r": scores - 0.01 * torch.rand(8, 6, generator=gen) * mask, "s": scores, "m": mask,
-            "v": torch.randn(8, 6, generator=gen), "b": torch.rand(8, generator=gen),
-            "i": np.repeat(np.array(["p", "q", "r", "s"], dtype=object), 2)}
+    logits = torch.randn(8, 6, 5, generator=gen)
+    probs = torch.softmax(logits, -1)
+    t = {"token_level_rewards": scores - 0.01 * torch.rand(8, 6, generator=gen) * mask,
+         "token_level_scores": scores, "response_mask": mask, "values": torch.randn(8, 6, generator=gen),
+         "old_log_probs": torch.log(probs[..., 0]), "sum_pi_squared": probs.square().sum(-1)}
+    if with_baselines:
+        t["reward_baselines"] = torch.rand(8, generator=gen)
+    return DataProto.from_dict(t, {"uid": np.repeat(np.array(["p", "q", "r", "s"], dtype=object), 2)})
+
+
+ALGO = {"gamma": 0.9, "lam": 0.95, "norm_adv_by_std_in_grpo": True, "grpo_nsr": {}, "psr_nsr": {}}
 
 
 def test_registry_lists_every_estimator_and_rejects_unknown():
-    assert set(ESTIMATOR_CALLS) == set(list_adv_estimators())
+    assert set(list_adv_estimators()) == {
+        "gae", "grpo", "grpo_vectorized", "grpo_nsr", "rloo", "rloo_vectorized", "reinforce_plus_plus",
+        "reinforce_plus_plus_baseline", "remax", "opo", "gpg", "grpo_passk", "psr_nsr", "optimal_token_baseline",
+        "tir_optimal_token_baseline"}
     with pytest.raises(ValueError, match="grpo_nsr") as err:
         get_adv_estimator_fn("nope")
     assert "algorithm.adv_estimator" in str(err.value)
@@ -375,37 +391,54 @@ def test_registry_lists_every_estimator_and_rejects_unknown():
         GRPO = "grpo"
 
     assert get_adv_estimator_fn(Est.GRPO) is get_adv_estimator_fn("grpo")
+    assert get_adv_estimator_fn("grpo_vectorized") is compute_grpo_outcome_advantage
 
 
-@pytest.mark.parametrize("name", sorted(ESTIMATOR_CALLS))
-def test_every_estimator_shapes_no_mutation_and_dispatch(name):
-    tensors = random_tensors()
-    kwargs = ESTIMATOR_CALLS[name](tensors)
-    snapshot = {k: (v.clone() if isinstance(v, torch.Tensor) else v.copy()) for k, v in kwargs.items()
-                if not isinstance(v, float)}
-    adv, ret = compute_advantage(name, **kwargs)
-    assert adv.shape == ret.shape == tensors["r"].shape
+@pytest.mark.parametrize("name", sorted(set(list_adv_estimators())))
+def test_compute_advantage_runs_every_estimator_without_mutating_inputs(name):
+    batch = random_batch(with_baselines=name == "remax")
+    before = {k: v.clone() for k, v in batch.batch.items()}
+    out = compute_advantage(batch, name, gamma=0.9, lam=0.95, num_repeat=2, config=ALGO)
+    assert out is batch
+    adv, ret = batch.batch["advantages"], batch.batch["returns"]
+    assert adv.shape == ret.shape == before["token_level_rewards"].shape
     assert torch.isfinite(adv).all() and torch.isfinite(ret).all()
-    for key, before in snapshot.items():
-        after = kwargs[key]
-        assert (torch.equal(before, after) if isinstance(before, torch.Tensor) else (before == after).all()), key
-    direct, _ = get_adv_estimator_fn(name)(**kwargs)
-    assert torch.equal(adv, direct)
-    if "out" in adv_estimator_params(name)[0]:
-        buf = torch.full_like(adv, float("nan"))
-        got, _ = compute_advantage(name, out=buf, **kwargs)
-        assert got is buf and torch.equal(buf, adv)
+    assert torch.count_nonzero(adv * (1 - before["response_mask"])) == 0 or name == "gae"  # gae is not re-masked
+    for key, value in before.items():
+        assert torch.equal(batch.batch[key], value), key
 
 
-def test_compute_advantage_rejects_unused_and_missing_arguments():
-    tensors = random_tensors()
-    kwargs = ESTIMATOR_CALLS["grpo"](tensors)
-    with pytest.raises(ValueError, match="does not use \\['values'\\]"):
-        compute_advantage("grpo", values=tensors["v"], **kwargs)
-    with pytest.raises(ValueError, match="needs \\['index'\\]"):
-        compute_advantage("grpo", token_level_rewards=tensors["r"], response_mask=tensors["m"])
+def test_compute_advantage_derives_the_response_mask_and_refuses_missing_inputs():
+    batch = random_batch()
+    mask = batch.batch.pop("response_mask")
+    batch.batch["responses"] = torch.ones(8, 6, dtype=torch.long)
+    batch.batch["attention_mask"] = torch.cat([torch.ones(8, 3), mask], dim=1)
+    compute_advantage(batch, "grpo")
+    assert torch.equal(batch.batch["response_mask"], mask)
+    del batch.batch["sum_pi_squared"]
+    with pytest.raises(ValueError, match="calculate_sum_pi_squared"):
+        compute_advantage(batch, "optimal_token_baseline", config=ALGO)
+
+
+def test_out_buffer_is_reused():
+    batch = random_batch()
+    t = batch.batch
+    expected, _ = compute_grpo_outcome_advantage(t["token_level_rewards"], t["response_mask"], batch.obj("uid"))
+    buf = torch.full_like(expected, float("nan"))
+    got, _ = compute_grpo_outcome_advantage(t["token_level_rewards"], t["response_mask"], batch.obj("uid"), out=buf)
+    assert got is buf and torch.equal(buf, expected)
     with pytest.raises(ValueError, match="out must"):
-        compute_advantage("grpo", out=torch.empty(3, 3), **kwargs)
-    rewards = kwargs.pop("token_level_rewards").clone()
+        compute_grpo_outcome_advantage(t["token_level_rewards"], t["response_mask"], batch.obj("uid"),
+                                       out=torch.empty(3, 3))
+    rewards = t["token_level_rewards"].clone()
     with pytest.raises(ValueError, match="share memory"):
-        compute_advantage("grpo", token_level_rewards=rewards, out=rewards, **kwargs)
+        compute_grpo_outcome_advantage(rewards, t["response_mask"], batch.obj("uid"), out=rewards)
+
+
+def test_unknown_keywords_raise_instead_of_being_dropped():
+    t = random_batch().batch
+    with pytest.raises(TypeError, match="positive_weight"):
+        compute_grpo_nsr_outcome_advantage(t["token_level_rewards"], t["response_mask"], np.zeros(8),
+                                           positive_weight=0.5)
+    with pytest.raises(TypeError, match="gamma"):
+        compute_psr_nsr_outcome_advantage(t["token_level_rewards"], t["response_mask"], gamma=0.5)
