@@ -67,6 +67,13 @@ CASES = {  # id: (field changes, world_size or None, text the message must conta
                                          f"needs {ARR}.rollout.n >= 2"),
     "remax_needs_sampling": ({"algorithm.adv_estimator": "remax", f"{ARR}.rollout.temperature": 0.0}, None,
                              "algorithm.adv_estimator=remax"),
+    "remax_has_no_greedy_baselines": ({"algorithm.adv_estimator": "remax"}, None,
+                                      "algorithm.adv_estimator=remax needs reward_baselines"),
+    "otb_needs_sum_pi_squared": ({"algorithm.adv_estimator": "optimal_token_baseline"}, None,
+                                 f"needs sum_pi_squared per token from the actor: set {ARR}.actor.calculate_sum"),
+    "sum_pi_squared_not_computed_yet": ({f"{ARR}.actor.calculate_sum_pi_squared": True}, None,
+                                        f"{ARR}.actor.calculate_sum_pi_squared=True: the Megatron actor does not"),
+    "sapo_temperatures_positive": ({f"{ARR}.actor.tau_neg": 0.0}, None, f"{ARR}.actor.tau_pos=1.0 and tau_neg=0.0"),
     "bad_kl_loss_type": ({f"{ARR}.actor.kl_loss_type": "k5"}, None, f"{ARR}.actor.kl_loss_type='k5'"),
     "bad_kl_penalty": ({"algorithm.kl_penalty": "full"}, None, "algorithm.kl_penalty='full'"),
     "bad_loss_agg_mode": ({f"{ARR}.actor.loss_agg_mode": "mean"}, None, f"{ARR}.actor.loss_agg_mode='mean'"),
@@ -129,6 +136,11 @@ def test_check_paths_false_skips_only_the_paths(base):
         validate(_with(cfg, {"algorithm.adv_estimator": "ppo"}), check_paths=False)
 
 
+def test_verl_names_added_with_the_drop_in_are_valid(base):
+    validate(_with(base, {f"{ARR}.actor.kl_loss_type": "low_var_kl+", f"{ARR}.actor.loss_agg_mode": "token-sum",
+                          f"{ARR}.actor.policy_loss.loss_mode": "sapo", "algorithm.adv_estimator": "rloo_vectorized"}))
+
+
 def test_offload_is_fine_on_gpu(base):
     validate(_with(base, {"trainer.device": "cuda", f"{ARR}.ref.megatron.param_offload": True}))
 
@@ -139,5 +151,5 @@ def test_estimator_names_come_from_the_registry():
     for name in ("gae", "grpo", "grpo_nsr", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "remax",
                  "opo", "gpg", "grpo_passk", "psr_nsr"):
         assert name in adv_estimator_names()
-    for name in ("vanilla", "gspo", "clip_cov", "kl_cov", "gpg"):
+    for name in ("vanilla", "gspo", "clip_cov", "kl_cov", "gpg", "sapo", "geo_mean", "cispo"):
         assert name in policy_loss_names()
