@@ -7,7 +7,8 @@ name takes verl's call -- the same positional order, parameter names (``config``
 ``register_adv_est`` / ``register_policy_loss`` accept functions written with verl's signatures, and the trainer and
 actor call them exactly as verl's ``compute_advantage`` and actor do. Code from a verl recipe changes only its import
 line (``from ttrl_megatron.algorithms import ...``); a user module with such functions is imported through
-``actor_rollout_ref.model.external_lib`` (see reference/algorithms-semantics.md and docs/config-reference.md).
+``actor_rollout_ref.model.external_lib`` (docs/coming-from-verl.md lists the conventions and the deliberate
+differences).
 
 Global denominators for sharded batches arrive as arguments; nothing here communicates. This package must import
 only torch, numpy and the standard library -- never torch.distributed, megatron, vllm, hydra or omegaconf.
