@@ -24,7 +24,9 @@ the update (the step still counts).
 
 Prompts come from the train loader in order (``next_prompts``), so the data order stays a pure function of the
 sampler state and a resumed run regenerates exactly the same batches. A further batch g >= 1 of step s gets its own
-sampling seeds and group ids ``"<s>:<g>:<i>"`` (the first keeps ``"<s>:<i>"``).
+sampling seeds and group ids ``"<s>:<g>:<i>"`` (the first keeps ``"<s>:<i>"``). The run still lasts
+trainer.total_training_steps training steps; the loader rolls over epochs as needed (``training/epoch`` shows how
+many passes the further batches used).
 
 Metrics: ``train/*`` (TTRL) over every prompt generated in the step, before filtering; with a consensus filter also
 ``train/consensus_kept_ratio`` and ``train/label_accuracy_consensus_{kept,dropped}``; with any filter

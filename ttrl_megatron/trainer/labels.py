@@ -134,7 +134,7 @@ class RewardStep:
         parts = [p for p in all_gather_objects(part) if p is not None]
         objects = {k: np.concatenate([p["objects"][k] for p in parts]) for k in parts[0]["objects"]}
         kept = DataProto(dict(batch[keep].batch), objects, dict(batch.meta_info))
-        scores = torch.tensor([float(s) for s in objects[SCORE]], dtype=torch.float32)
+        scores = torch.tensor([float(s) for s in objects[SCORE]], dtype=torch.float32)  # host: the batch lives there
         if self.overlong is not None:
             penalty = overlong_penalty(kept.batch["response_mask"].sum(dim=-1), self.max_response_length,
                                        self.overlong.len, self.overlong.penalty_factor)
