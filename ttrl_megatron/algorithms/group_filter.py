@@ -1,4 +1,4 @@
-"""Group filtering of DAPO's dynamic sampling (Yu et al. 2025, arXiv 2503.14476 §3.2; verl ``algorithm.filter_groups``).
+"""Group filtering of DAPO's dynamic sampling (Yu et al. 2025, arXiv 2503.14476 §3.2; verl algorithm.filter_groups).
 
 A prompt group (the rollouts of one prompt, rows sharing a group id) "has signal" when its rollouts do not all have
 the same value of the chosen metric (verl: the group's ``np.std`` of the metric is > 0) or when it holds a single

@@ -18,7 +18,9 @@ prompts, of actor and critic, split over DP ranks and micro-batches), so the K k
 multiple of the mini-batch size with PADDING prompts: dropped prompts, in generation order, whose ``response_mask`` is
 all 0 -- they add exactly nothing to any loss, gradient or loss denominator (agg_loss counts valid tokens / non-empty
 sequences only), only compute. Every optimizer step then holds >= 1 kept prompt, and fewer kept prompts mean fewer
-optimizer steps. Padding rows carry ``padding=True`` and are left out of the data metrics and dumps (``real_rows``).
+optimizer steps. (With a critic whose ppo_mini_batch_size differs from the actor's, one role's mini-batch can hold
+only padding: a zero-gradient optimizer step; by default the critic inherits the actor's size.) Padding rows carry
+``padding=True`` and are left out of the data metrics and dumps (``real_rows``).
 When no prompt is kept at all the step has nothing to learn: ``__call__`` returns no batch and the trainer skips
 the update (the step still counts).
 

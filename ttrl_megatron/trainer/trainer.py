@@ -5,12 +5,13 @@ Driver math placement (documented choice): every rank runs the same program. Rol
 rank's vLLM engine samples its slice of the prompts) and all-gathered, so every rank holds the identical batch;
 every rank votes and grades its share of the prompts and the results are all-gathered (labels.py); prompt filtering
 (dynamic sampling, TTRL consensus: dynamic_sampling.py) and the cheap, deterministic tensor math (token-level scores,
-KL in reward, rollout correction, advantages, metrics) then run on every rank on the same batch, and the Megatron actor/critic take their
-DP shard of it inside ``compute_log_prob`` / ``update_policy`` (megatron/engine.py). Only rank 0 logs and writes
-dumps; checkpoints are written by all ranks collectively.
+KL in reward, rollout correction, advantages, metrics) then run on every rank on the same batch, and the Megatron
+actor/critic take their DP shard of it inside ``compute_log_prob`` / ``update_policy`` (megatron/engine.py). Only
+rank 0 logs and writes dumps; checkpoints are written by all ranks collectively.
 
 Choices are made once in ``setup()`` by which objects exist (``self.ref``, ``self.critic``, ``self.kl_ctrl``,
-``self.adv_metrics``), never by flags re-read inside the loop. The root config stops here: components receive their
+``self.adv_metrics``, ``self.rollout_corr``, ``self.truncation_mask``; the batch collector's filter settings), never by
+flags re-read inside the loop. The root config stops here: components receive their
 own sections. No hydra/omegaconf (main.py), no vllm (rollout/vllm_engine.py) imports.
 """
 
