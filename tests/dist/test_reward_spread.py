@@ -26,15 +26,20 @@ def _batch(num_prompts: int) -> DataProto:
 
 
 class RecordingManager(MajorityRewardManager):
-    """The majority reward, remembering which prompts this process scored."""
+    """The majority reward, remembering which prompts this process scored; like a custom reward whose dict results
+    carry an extra field only on some rows, it reports ``note`` only for batches holding prompt 4."""
 
     def __init__(self):
         super().__init__()
         self.seen = []
 
     def __call__(self, batch):
-        self.seen += sorted(set(batch.obj("uid")))
-        return super().__call__(batch)
+        uids = list(batch.obj("uid"))
+        self.seen += sorted(set(uids))
+        out = super().__call__(batch)
+        if "1:4" in uids:
+            out.extra["note"] = ["p4" if u == "1:4" else None for u in uids]
+        return out
 
 
 def _label(rank: int, world: int) -> dict:
@@ -72,3 +77,4 @@ def test_each_rank_grades_its_share_and_all_agree_with_one_process():
     assert [rm["majority_gt"] for rm in five["objects"]["reward_model"][::N_SAMPLES]] == ["3", "8", "1", "2", "9"]
     assert five["metrics"]["train/label_accuracy"] == 0.6  # 3, 1 and 9 match the dataset labels
     assert five["objects"]["label_correct"][::N_SAMPLES] == [True, False, True, False, True]
+    assert five["objects"]["note"] == [None] * 8 + ["p4"] * 2  # rank 0's share had no such field: filled with None

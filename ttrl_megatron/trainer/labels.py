@@ -132,7 +132,9 @@ class RewardStep:
         local_keep = keep[(keep >= lo) & (keep < hi)] - lo
         part = self._label_and_score(batch[lo:hi], local_keep) if hi > lo else None
         parts = [p for p in all_gather_objects(part) if p is not None]
-        objects = {k: np.concatenate([p["objects"][k] for p in parts]) for k in parts[0]["objects"]}
+        keys = list(dict.fromkeys(k for p in parts for k in p["objects"]))  # a custom reward's fields may differ
+        objects = {k: np.concatenate([p["objects"].get(k, to_object_array([None] * len(p["objects"][SCORE])))
+                                      for p in parts]) for k in keys}
         kept = DataProto(dict(batch[keep].batch), objects, dict(batch.meta_info))
         scores = torch.tensor([float(s) for s in objects[SCORE]], dtype=torch.float32)  # host: the batch lives there
         if self.overlong is not None:
