@@ -47,7 +47,6 @@ from dataclasses import dataclass
 from itertools import count
 from typing import Callable
 
-import numpy as np
 import torch
 
 from ttrl_megatron.algorithms.group_filter import constant_group_share, group_rows, groups_with_signal
