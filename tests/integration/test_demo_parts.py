@@ -87,3 +87,40 @@ def test_trainer_overrides_per_layout(tmp_path):
         assert ov[-1] == "x.y=1"
     with pytest.raises(ValueError, match="layout='pp'"):
         DemoOptions(layout="pp")
+
+
+def test_time_to_target_and_dynamic_sampling_summary(tmp_path):
+    """Steps and training seconds until held-out pass@1 reaches maj@16 before training; validation time excluded."""
+    src = "val-core/arith_add2/acc"
+    rows = [{"step": 0, f"{src}/mean@16": 0.40, f"{src}/maj@16": 0.80}]
+    for s in range(1, 9):
+        rows.append({"step": s, "timing_s/step": 1.5, "timing_s/testing": 9.0, "train/label_accuracy": 0.8,
+                     "train/majority_ratio": 0.7, "filter/num_gen_batches": 1 + s % 2, "filter/prompts_trained": 30,
+                     "filter/zero_adv_share_unfiltered": 0.5})
+    rows[2].update({f"{src}/mean@16": 0.70, f"{src}/maj@16": 0.80})  # step 2: below the target
+    rows[4].update({f"{src}/mean@16": 0.81, f"{src}/maj@16": 0.85})  # step 4: first validation at/above 0.80
+    rows[8].update({f"{src}/mean@16": 0.79, f"{src}/maj@16": 0.86})
+    _metrics(tmp_path / "metrics.jsonl", rows)
+    info = SimpleNamespace(n_test=300, layout="dp", seed=0)
+    summary = summarize(tmp_path, tmp_path, None, info) | {"wall_s": 1.0}
+    assert summary["steps_to_maj_before"] == 4 and summary["train_s_to_maj_before"] == 6.0
+    assert summary["train_s_total"] == 12.0 and summary["gen_batches_per_step_mean"] == 1.5
+    text = table(summary)
+    assert "reached maj@16_before at step 4 after 6 s of training" in text and "1.50 prompt batches/step" in text
+    for row in rows[1:]:
+        row.pop(f"{src}/mean@16", None)
+    _metrics(tmp_path / "metrics.jsonl", rows)
+    summary = summarize(tmp_path, tmp_path, None, info) | {"wall_s": 1.0}
+    assert summary["steps_to_maj_before"] is None and "did not reach maj@16_before in 8 steps" in table(summary)
+
+
+def test_dynamic_sampling_flag_sets_the_overrides_and_run_dir(tmp_path):
+    from ttrl_megatron.demo.__main__ import parse
+
+    opts = parse(["--dynamic-sampling", "--seed", "1", "x.y=2"])
+    assert opts.dynamic_sampling and opts.test_freq == 20
+    ov = trainer_overrides(opts, tmp_path, tmp_path / "t", tmp_path / "d", tmp_path / "m")
+    assert "algorithm.filter_groups.enable=true" in ov and "algorithm.filter_groups.metric=seq_reward" in ov
+    assert ov[-1] == "x.y=2"  # user overrides come last (they win)
+    plain = trainer_overrides(parse([]), tmp_path, tmp_path / "t", tmp_path / "d", tmp_path / "m")
+    assert not any("filter_groups" in o for o in plain)

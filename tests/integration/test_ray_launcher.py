@@ -110,7 +110,10 @@ def test_ray_main_reproduces_the_torchrun_run(inputs, tmp_path):
 
 def test_a_failing_rank_stops_the_job(inputs, tmp_path):
     bad_reward = tmp_path / "bad_reward.py"
-    bad_reward.write_text("raise RuntimeError('reward module exploded on purpose')\n")  # rank 0 loads it in setup
+    # every rank loads the reward module in setup (each grades its share); only rank 0's load fails, so rank 1 goes
+    # on into a collective and must be killed
+    bad_reward.write_text("import os\nif os.environ.get('RANK') == '0':\n"
+                          "    raise RuntimeError('reward module exploded on purpose')\n")
     run_dir, marker = tmp_path / "fail", uuid.uuid4().hex
     args = overrides(inputs, run_dir, estimator="grpo", steps=2, save_freq=-1,
                      extra=(*FAST, f"custom_reward_function.path={bad_reward}"))

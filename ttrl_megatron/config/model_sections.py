@@ -122,6 +122,7 @@ class ActorConfig:
     kl_loss_coef: float = 0.001  # weight of that KL loss
     kl_loss_type: str = "low_var_kl"  # KL estimator: kl|k1 | abs | mse|k2 | low_var_kl|k3
     grad_clip: Optional[float] = None  # verl-FSDP name of optim.clip_grad; if set it must equal optim.clip_grad
+    mask_truncated_responses: bool = False  # DAPO overlong filtering: responses cut at max_response_length get no policy loss
     policy_loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     megatron: MegatronConfig = field(default_factory=MegatronConfig)

@@ -69,6 +69,31 @@ class PsrNsrConfig:
 
 
 @dataclass(kw_only=True)
+class FilterGroupsConfig:
+    """DAPO dynamic sampling (verl `algorithm.filter_groups`): prompt groups whose kept rollouts all have the same
+    metric value are dropped and further prompt batches are generated until data.train_batch_size prompts remain."""
+
+    enable: bool = False  # drop no-signal prompt groups and generate more prompt batches to fill the step
+    metric: Optional[str] = None  # per-rollout value compared: acc | score | seq_reward | seq_final_reward | a custom reward dict key
+    max_num_gen_batches: int = 0  # prompt batches generated per step at most, then train on what there is; <= 0 = no limit
+    max_inflight_gen_batches: int = 1  # verl's async knob; only 1 (prompt batches are generated one after another)
+
+
+@dataclass(kw_only=True)
+class RolloutCorrectionConfig:
+    """Rollout-mismatch correction (verl `algorithm.rollout_correction`): importance weights / rejection between the
+    rollout engine's log-probs and the actor's old log-probs (algorithms/rollout_corr.py). Off while both are null."""
+
+    rollout_is: Optional[str] = None  # importance weights in the policy loss: null (off) | token | sequence
+    rollout_is_threshold: Any = 2.0  # a number = cap of the weights (truncated IS); a "lower_upper" string = IcePop bounds
+    rollout_is_batch_normalize: bool = False  # divide the weights by their batch mean
+    rollout_rs: Optional[str] = None  # rejection sampling: null (off) or a comma list of token_k1..3, seq_sum_k1..3, seq_mean_k1..3, seq_max_k2/k3
+    rollout_rs_threshold: Any = None  # one spec, or one per rollout_rs option (comma list): k1 "lower_upper" or a ratio bound; k2/k3 an upper bound
+    bypass_mode: bool = False  # verl's bypass mode (old log-probs = rollout log-probs): not supported, must be False
+    loss_type: str = "ppo_clip"  # verl's bypass-mode loss (ppo_clip | reinforce); unused while bypass_mode is False
+
+
+@dataclass(kw_only=True)
 class AlgorithmConfig:
     adv_estimator: str = "gae"  # advantage estimator name (registry in ttrl_megatron.algorithms); verl default gae
     gamma: float = 1.0  # discount (gae, reinforce_plus_plus)
@@ -79,6 +104,8 @@ class AlgorithmConfig:
     kl_ctrl: KLCtrlConfig = field(default_factory=KLCtrlConfig)
     grpo_nsr: GrpoNsrConfig = field(default_factory=GrpoNsrConfig)
     psr_nsr: PsrNsrConfig = field(default_factory=PsrNsrConfig)
+    filter_groups: FilterGroupsConfig = field(default_factory=FilterGroupsConfig)
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)
 
 
 @dataclass(kw_only=True)
@@ -88,9 +115,20 @@ class CustomRewardFunctionConfig:
 
 
 @dataclass(kw_only=True)
+class OverlongBufferConfig:
+    """DAPO's soft overlong punishment (verl `reward_model.overlong_buffer`, algorithms/overlong.py)."""
+
+    enable: bool = False  # responses longer than data.max_response_length - len lose up to penalty_factor reward
+    len: int = 0  # buffer in tokens before data.max_response_length over which the penalty grows; 1..max_response_length
+    penalty_factor: float = 1.0  # reward lost by a response of data.max_response_length tokens, >= 0
+    log: bool = False  # log reward/overlong_penalty_mean and reward/overlong_ratio every step
+
+
+@dataclass(kw_only=True)
 class RewardModelConfig:
     enable: bool = False  # a neural reward model; not supported (validate rejects True)
     reward_manager: Optional[str] = None  # majority | rule | custom; null = majority when ttrl.enable else rule
+    overlong_buffer: OverlongBufferConfig = field(default_factory=OverlongBufferConfig)
 
 
 @dataclass(kw_only=True)
@@ -101,6 +139,8 @@ class TTRLConfig:
     sample_selection: str = "first"  # which rollouts are kept: first (TTRL) | random (seeded by trainer.seed)
     grader_workers: int = 2  # grader processes per rank (answers are graded in killable workers)
     grade_timeout_s: float = 5.0  # seconds per answer before its grader is killed and it scores 0
+    min_majority_ratio: float = 0.0  # consensus filter: skip prompts whose winning answer holds less of the votes; 0 = off
+    skip_no_answer: bool = False  # consensus filter: skip prompts whose votes hold no extractable answer (no label)
 
 
 @dataclass(kw_only=True)

@@ -29,6 +29,7 @@ def validate(cfg: TTRLTrainerConfig, world_size: int | None = None, *, check_pat
         problems += _check_batch_sizes(cfg, world)
     problems += _check_ttrl_and_rewards(cfg)
     problems += _check_algorithm(cfg)
+    problems += _check_filtering_and_shaping(cfg)
     problems += _check_compat_and_device(cfg)
     if check_paths:
         problems += _check_paths(cfg)
@@ -273,6 +274,50 @@ def _check_algorithm(cfg: TTRLTrainerConfig) -> list[str]:
         if grad_clip is not None and grad_clip != optim.clip_grad:
             p.append(f"{sec}.grad_clip={grad_clip} (verl FSDP name) conflicts with {sec}.optim.clip_grad="
                      f"{optim.clip_grad}, which the Megatron optimizer uses; set only {sec}.optim.clip_grad")
+    return p
+
+
+def _check_filtering_and_shaping(cfg: TTRLTrainerConfig) -> list[str]:
+    """Dynamic sampling, TTRL consensus filtering, rollout correction and overlong shaping (trainer/sampling.py)."""
+    fg, rc, ob, t, p = (cfg.algorithm.filter_groups, cfg.algorithm.rollout_correction,
+                        cfg.reward_model.overlong_buffer, cfg.ttrl, [])
+    if fg.enable and not fg.metric:
+        p.append("algorithm.filter_groups.enable=True needs algorithm.filter_groups.metric: the per-rollout value whose "
+                 "spread marks a prompt with signal (acc | score | seq_reward | seq_final_reward | a reward dict key)")
+    if fg.enable and fg.metric == "seq_final_reward" and cfg.algorithm.use_kl_in_reward:
+        p.append("algorithm.filter_groups.metric=seq_final_reward with algorithm.use_kl_in_reward=True is not "
+                 "supported (the KL penalty is computed after filtering); use seq_reward or turn the KL reward off")
+    if fg.max_inflight_gen_batches != 1:
+        p.append(f"algorithm.filter_groups.max_inflight_gen_batches={fg.max_inflight_gen_batches}: only 1 is "
+                 f"supported (prompt batches are generated one after another)")
+    p += _one_of(rc.rollout_is, (None, "token", "sequence"), "algorithm.rollout_correction.rollout_is")
+    p += _one_of(rc.loss_type, ("ppo_clip", "reinforce"), "algorithm.rollout_correction.loss_type")
+    if rc.bypass_mode:
+        p.append("algorithm.rollout_correction.bypass_mode=True is not supported: the actor always recomputes the old "
+                 "log-probs (verl's decoupled mode); set it False")
+    if rc.rollout_is is not None or rc.rollout_rs is not None:
+        from ttrl_megatron.algorithms.rollout_corr import parse_is_threshold, parse_rs
+
+        checks = []
+        if rc.rollout_is is not None:
+            checks.append(lambda: parse_is_threshold(rc.rollout_is_threshold))
+        if rc.rollout_rs is not None:
+            checks.append(lambda: parse_rs(rc.rollout_rs, rc.rollout_rs_threshold))
+        for check in checks:
+            try:
+                check()
+            except ValueError as exc:  # the message names the field
+                p.append(str(exc))
+    if ob.enable and not 1 <= ob.len <= cfg.data.max_response_length:
+        p.append(f"reward_model.overlong_buffer.len={ob.len} must be in [1, data.max_response_length="
+                 f"{cfg.data.max_response_length}] when reward_model.overlong_buffer.enable=True")
+    if ob.penalty_factor < 0:
+        p.append(f"reward_model.overlong_buffer.penalty_factor={ob.penalty_factor} must be >= 0")
+    if not 0.0 <= t.min_majority_ratio <= 1.0:
+        p.append(f"ttrl.min_majority_ratio={t.min_majority_ratio} must be in [0, 1] (0 = keep every prompt)")
+    if (t.min_majority_ratio > 0 or t.skip_no_answer) and not t.enable:
+        p.append("ttrl.min_majority_ratio / ttrl.skip_no_answer filter prompts by their majority vote and need "
+                 "ttrl.enable=True")
     return p
 
 

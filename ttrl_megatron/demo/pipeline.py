@@ -29,6 +29,10 @@ from .report import summarize, write_outputs
 from .sft import ModelSpec, SFTConfig
 
 LAYOUTS = {"dp": [], "tp": ["actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2"]}
+# --dynamic-sampling: DAPO's filter (verl algorithm.filter_groups) on the majority reward; at most 4 prompt batches
+# of 32 per step, then the step trains on what it found (trainer/dynamic_sampling.py).
+DYNAMIC_SAMPLING = ["algorithm.filter_groups.enable=true", "algorithm.filter_groups.metric=seq_reward",
+                    "algorithm.filter_groups.max_num_gen_batches=4"]
 
 
 @dataclass
@@ -44,8 +48,9 @@ class DemoOptions:
     sft: SFTConfig = field(default_factory=SFTConfig)
     model: ModelSpec = field(default_factory=ModelSpec)
     steps: int = 400  # TTRL steps (seed 0: pass@1 .432 -> .790 at 300, .807 at 400 vs maj@16_before .797)
-    test_freq: int = 50  # validation every this many steps (the plot's points); the last step always validates
+    test_freq: int = 20  # validation every this many steps (the plot's points, the resolution of steps-to-target)
     layout: str = "dp"  # dp (DP=2) | tp (TP=2)
+    dynamic_sampling: bool = False  # DAPO dynamic sampling (DYNAMIC_SAMPLING overrides); run dir suffix _ds
     overrides: list[str] = field(default_factory=list)  # extra Hydra overrides for the trainer
 
     def __post_init__(self):
@@ -110,7 +115,8 @@ def trainer_overrides(opts: DemoOptions, run_dir: Path, ttrl_dir: Path, data_dir
             f"trainer.total_training_steps={opts.steps}", f"trainer.save_freq={opts.steps}",
             f"trainer.test_freq={opts.test_freq}", f"trainer.seed={opts.seed}",
             f"actor_rollout_ref.rollout.seed={opts.seed}", f"data.seed={opts.seed + 1}",
-            "trainer.max_actor_ckpt_to_keep=1", *LAYOUTS[opts.layout], *opts.overrides]
+            "trainer.max_actor_ckpt_to_keep=1", *LAYOUTS[opts.layout],
+            *(DYNAMIC_SAMPLING if opts.dynamic_sampling else []), *opts.overrides]
 
 
 def stage_export(ttrl_dir: Path, steps: int) -> Path:
@@ -127,7 +133,7 @@ def run(opts: DemoOptions) -> dict:
     start = time.perf_counter()
     run_dir = Path(opts.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    ttrl_dir = run_dir / f"ttrl_seed{opts.seed}_{opts.layout}"
+    ttrl_dir = run_dir / f"ttrl_seed{opts.seed}_{opts.layout}{'_ds' if opts.dynamic_sampling else ''}"
     timings: dict[str, float] = {}
     data_dir = _timed(timings, "data", stage_data, opts, run_dir)
     model_dir = _timed(timings, "sft", stage_sft, opts, run_dir, data_dir)

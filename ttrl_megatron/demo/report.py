@@ -5,6 +5,9 @@ last step's validation is "after" (val-core/<source>/acc/mean@16 = pass@1, i.e. 
 T=1.0; maj@16 = equivalence-aware majority of the 16). Label accuracy is TTRL's ``train/label_accuracy`` (share of
 the step's questions whose majority-vote pseudo label equals the held-out label: reported, never trained on).
 Timings are the per-phase ``timing_s/*`` means over the steps (step 1, with its warm-up, excluded).
+Time to target (issue #16's measure, plain vs --dynamic-sampling): the first validated step whose pass@1 reaches
+maj@16 before training, and the training seconds until then = the sum of ``timing_s/step`` over steps 1..that step
+(validation time excluded, so test_freq sets only the resolution: the step is exact to within test_freq steps).
 No torch/megatron/vllm at import (evaluate.greedy_accuracy imports transformers when called).
 """
 
@@ -38,6 +41,21 @@ def phase_timings(rows: list[dict]) -> dict[str, float]:
             if any(f"timing_s/{p}" in r for r in steps)}
 
 
+def time_to_target(rows: list[dict], target: float | None, source: str = SOURCE,
+                   n_votes: int = 16) -> tuple[int | None, float | None]:
+    """(first validated training step with pass@1 >= target, training seconds up to and including it), or
+    (None, None) when no validation reaches it."""
+    if target is None:
+        return None, None
+    seconds = 0.0
+    for row in sorted((r for r in rows if r.get("step", 0) >= 1), key=lambda r: r["step"]):
+        seconds += row.get("timing_s/step", 0.0)
+        value = _val(row, f"mean@{n_votes}", source)
+        if value is not None and value >= target:
+            return int(row["step"]), round(seconds, 2)
+    return None, None
+
+
 def summarize(ttrl_dir: Path, data_dir: Path, hf_final: Path | None, opts, source: str = SOURCE,
               n_votes: int = 16) -> dict:
     rows = read_metrics(ttrl_dir)
@@ -61,7 +79,15 @@ def summarize(ttrl_dir: Path, data_dir: Path, hf_final: Path | None, opts, sourc
         "label_accuracy_first10_mean": _mean(labels[:10]),
         "label_accuracy_last10_mean": _mean(labels[-10:]),
         "timing_s_mean": phase_timings(rows),
+        "train_s_total": round(sum(r.get("timing_s/step", 0.0) for r in train), 2),
     }
+    step, seconds = time_to_target(rows, summary[f"maj@{n_votes}_before"], source, n_votes)
+    summary["steps_to_maj_before"], summary["train_s_to_maj_before"] = step, seconds
+    gen_batches = [r["filter/num_gen_batches"] for r in train if "filter/num_gen_batches" in r]
+    if gen_batches:  # dynamic sampling
+        summary["gen_batches_per_step_mean"] = _mean(gen_batches)
+        summary["prompts_trained_mean"] = _mean([r["filter/prompts_trained"] for r in train])
+        summary["zero_adv_share_unfiltered_mean"] = _mean([r["filter/zero_adv_share_unfiltered"] for r in train])
     if hf_final is not None:
         summary["greedy_before_hf"] = greedy_accuracy(ttrl_dir.parent / "sft_model", data_dir / "test.parquet")
         summary["greedy_after_exported_hf"] = greedy_accuracy(hf_final, data_dir / "test.parquet")
@@ -88,6 +114,15 @@ def table(summary: dict, n_votes: int = 16) -> str:
                      f"{fmt(summary['greedy_after_exported_hf']):>8}")
     lines.append(f"{'label accuracy':22}{fmt(summary['label_accuracy_first']):>8}{fmt(summary['label_accuracy_last']):>8}"
                  "   (majority-vote pseudo labels, first/last step)")
+    if summary.get("steps_to_maj_before") is not None:
+        lines.append(f"pass@1 reached maj@{n_votes}_before at step {summary['steps_to_maj_before']} after "
+                     f"{summary['train_s_to_maj_before']:.0f} s of training (validation excluded)")
+    elif "steps_to_maj_before" in summary:
+        lines.append(f"pass@1 did not reach maj@{n_votes}_before in {summary['steps']} steps")
+    if "gen_batches_per_step_mean" in summary:
+        lines.append(f"dynamic sampling: {summary['gen_batches_per_step_mean']:.2f} prompt batches/step, "
+                     f"{summary['prompts_trained_mean']:.1f} prompts trained/step, zero-advantage share without "
+                     f"the filter {summary['zero_adv_share_unfiltered_mean']:.2f}")
     if "margin_points" in summary:
         verdict = "reached" if summary["target_pass@1_after_ge_maj_before"] else "not reached"
         lines.append(f"pass@1_after >= maj@{n_votes}_before: {verdict} ({summary['margin_points']:+.1f} points; "

@@ -200,7 +200,7 @@ class MegatronActor(EngineHandles):
         tensors = data.batch
         need = [*LOG_PROB_KEYS, "old_log_probs", "advantages"] + (["ref_log_prob"] if cfg.use_kl_loss else [])
         require_keys(tensors, need, "update_policy")
-        keys = need + (["response_mask"] if "response_mask" in tensors else [])
+        keys = need + [k for k in ("response_mask", "rollout_is_weights") if k in tensors]
         width = tensors["responses"].shape[1]
         scale = cfg.loss_scale_factor if cfg.loss_scale_factor is not None else float(width)
         gen = torch.Generator(device=device()).manual_seed(cfg.seed)  # clip_cov's draws happen where the tensors are

@@ -3,13 +3,15 @@ named phases (ARCHITECTURE.md), ``fit()`` loops over steps with logging, validat
 
 Driver math placement (documented choice): every rank runs the same program. Rollouts are generated DP-style (each
 rank's vLLM engine samples its slice of the prompts) and all-gathered, so every rank holds the identical batch;
-grading runs on rank 0 and is broadcast (labels.py); the cheap, deterministic tensor math (token-level scores, KL in
-reward, advantages, metrics) then runs on every rank on the same batch, and the Megatron actor/critic take their
-DP shard of it inside ``compute_log_prob`` / ``update_policy`` (megatron/engine.py). Only rank 0 logs and writes
-dumps; checkpoints are written by all ranks collectively.
+every rank votes and grades its share of the prompts and the results are all-gathered (labels.py); prompt filtering
+(dynamic sampling, TTRL consensus: dynamic_sampling.py) and the cheap, deterministic tensor math (token-level scores,
+KL in reward, rollout correction, advantages, metrics) then run on every rank on the same batch, and the Megatron
+actor/critic take their DP shard of it inside ``compute_log_prob`` / ``update_policy`` (megatron/engine.py). Only
+rank 0 logs and writes dumps; checkpoints are written by all ranks collectively.
 
 Choices are made once in ``setup()`` by which objects exist (``self.ref``, ``self.critic``, ``self.kl_ctrl``,
-``self.adv_metrics``), never by flags re-read inside the loop. The root config stops here: components receive their
+``self.adv_metrics``, ``self.rollout_corr``, ``self.truncation_mask``; the batch collector's filter settings), never by
+flags re-read inside the loop. The root config stops here: components receive their
 own sections. No hydra/omegaconf (main.py), no vllm (rollout/vllm_engine.py) imports.
 """
 
@@ -28,13 +30,15 @@ from ttrl_megatron.bridge.sync import rollout_probs_diff
 from ttrl_megatron.config import TTRLTrainerConfig, need_critic, need_reference_policy, save_resolved
 from ttrl_megatron.data import load_tokenizer
 from ttrl_megatron.protocol import DataProto
-from ttrl_megatron.rollout.base import SamplingConfig
+from ttrl_megatron.rollout.base import SamplingConfig, derive_seed
 from ttrl_megatron.ttrl import build_reward_manager
 
 from . import builders as B
 from .balance import balance_permutation, seqlen_metrics
 from .checkpointing import CheckpointManager, latest_checkpoint
+from .corrections import RolloutCorrection, TruncationMask
 from .dumps import generation_rows, write_jsonl
+from .dynamic_sampling import FilterSettings, StepBatchCollector, real_rows, relabel_groups
 from .generation import TRAIN, generate_batch, sampling_for
 from .labels import RewardStep
 from .metrics import PhaseTimer, compute_data_metrics, throughput_metrics
@@ -72,10 +76,17 @@ class TTRLTrainer:
         self.weight_sync = B.build_weight_sync(self.actor, self.engine, arch, arr.rollout.sync,
                                                 arr.rollout.max_model_len)
         self.kl_ctrl = get_kl_controller(cfg.algorithm.kl_ctrl) if cfg.algorithm.use_kl_in_reward else None
-        self.grader = B.build_grader(cfg.ttrl) if self.rank == 0 else None  # local pool, or Ray tasks under ray_main
+        self.grader = B.build_grader(cfg.ttrl)  # every rank grades its share; local pool, or Ray tasks under ray_main
         self.rewards = RewardStep(ttrl=ttrl, n_votes=self.n_votes, n_samples=self.n_samples,
-                                  manager=self._reward_manager() if self.rank == 0 else None, grader=self.grader,
-                                  seed=tr.seed, is_source=self.rank == 0)
+                                  manager=self._reward_manager(), grader=self.grader, seed=tr.seed, rank=self.rank,
+                                  world=self.world, overlong=cfg.reward_model.overlong_buffer,
+                                  max_response_length=cfg.data.max_response_length)
+        self.collect = StepBatchCollector(FilterSettings.from_config(cfg, self.n_samples, self.critic is not None),
+                                          generate=self.generate, reward=self.rewards,
+                                          next_prompts=self.train_loader.next_batch)
+        corr = cfg.algorithm.rollout_correction
+        self.rollout_corr = RolloutCorrection(corr) if RolloutCorrection.wanted(corr) else None
+        self.truncation_mask = TruncationMask() if arr.actor.mask_truncated_responses else None
         self._setup_advantage()
         rollout = arr.rollout
         self.sampling = SamplingConfig(temperature=rollout.temperature if rollout.do_sample else 0.0,
@@ -131,10 +142,18 @@ class TTRLTrainer:
         return {"actor": self.actor, **({"critic": self.critic} if self.critic is not None else {})}
 
     # ------------------------------------------------------------------ phases
-    def generate(self, prompts: dict, step: int) -> DataProto:
-        sampling = sampling_for(self.sampling, self.cfg.actor_rollout_ref.rollout.seed, step, TRAIN, self.rank)
-        return generate_batch(self.engine, self.tokenizer, prompts, self.n_votes, sampling, step=step,
-                              rank=self.rank, world=self.world, response_length=self.cfg.data.max_response_length)
+    def generate(self, prompts: dict, step: int, gen_index: int = 0) -> DataProto:
+        """Rollouts of a prompt batch; ``gen_index`` >= 1 = a further batch of the step (dynamic sampling): its own
+        sampling seeds and group ids."""
+        seed = self.cfg.actor_rollout_ref.rollout.seed
+        sampling = sampling_for(self.sampling, seed, step, TRAIN, self.rank)
+        if gen_index:
+            sampling = dataclasses.replace(sampling, seed=derive_seed(seed, step, TRAIN, self.rank, gen_index))
+        batch = generate_batch(self.engine, self.tokenizer, prompts, self.n_votes, sampling, step=step,
+                               rank=self.rank, world=self.world, response_length=self.cfg.data.max_response_length)
+        if gen_index:
+            relabel_groups(batch, step, gen_index, self.n_votes)
+        return batch
 
     def balance(self, batch: DataProto) -> tuple[DataProto, dict]:
         """Reorder rows inside each actor mini-batch so DP ranks get equal token counts (trainer.balance_batch)."""
@@ -163,46 +182,56 @@ class TTRLTrainer:
                           norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo, config=algo)
         if self.adv_metrics is None:
             return {}
-        return self.adv_metrics(batch.batch["response_mask"], batch.batch["token_level_scores"])
+        real = real_rows(batch).batch  # padding rows of a filtered batch are not trained rows
+        return self.adv_metrics(real["response_mask"], real["token_level_scores"])
 
     # ------------------------------------------------------------------ the step
     def train_step(self, prompts: dict) -> dict:
-        """One TTRL step on a collated prompt batch; returns its metrics (identical on every rank)."""
+        """One TTRL step starting from a collated prompt batch; returns its metrics (identical on every rank)."""
         step, timer = self.global_step + 1, PhaseTimer()
         with timer("step"):
-            with timer("gen"):
-                batch = self.generate(prompts, step)  # B x n_votes rows
-            with timer("reward"):
-                batch, reward_metrics = self.rewards(batch, step)  # vote, keep n_samples, token_level_scores
-            batch, seqlen = self.balance(batch)
-            with timer("old_log_prob"):
-                batch.batch["old_log_probs"], _ = self.actor.compute_log_prob(batch)
-            if self.ref is not None:
-                with timer("ref"):
-                    batch.batch["ref_log_prob"], _ = self.ref.compute_log_prob(batch)
-            if self.critic is not None:
-                with timer("values"):
-                    batch.batch["values"] = self.critic.compute_values(batch)
-            with timer("adv"):
-                kl_metrics = self.shape_rewards(batch)
-                adv_metrics = self.advantages(batch)
-            critic_metrics = {}
-            if self.critic is not None:
-                with timer("update_critic"):
-                    critic_metrics = self.critic.update_critic(batch)
-            with timer("update_actor"):
-                actor_metrics = self.actor.update_policy(batch)
-            with timer("update_weights"):
-                sync_metrics = self.weight_sync.push()
-        self._dump_rollouts(batch, step)
-        metrics = {**reward_metrics, **seqlen, **kl_metrics, **adv_metrics, **critic_metrics, **actor_metrics,
-                   **sync_metrics,
-                   **rollout_probs_diff(batch.batch["rollout_log_probs"], batch.batch["old_log_probs"],
-                                        batch.batch["response_mask"]),
-                   **compute_data_metrics(batch, self.cfg.data.max_response_length), **timer.metrics(),
-                   **throughput_metrics(batch, timer.seconds["step"], self.world)}
+            # generate, vote, keep n_samples, token_level_scores; filters pull further prompt batches if enabled
+            batch, metrics = self.collect(prompts, step, timer)
+            if batch is not None:  # None: every generated prompt was filtered out, nothing to learn this step
+                metrics.update(self.learn(batch, step, timer))
+        metrics.update(timer.metrics())
+        if batch is not None:
+            metrics.update(throughput_metrics(batch, timer.seconds["step"], self.world))
         metrics.update({"training/global_step": float(step), "training/epoch": float(self.train_loader.epoch)})
         return metrics
+
+    def learn(self, batch: DataProto, step: int, timer: PhaseTimer) -> dict:
+        """The update phases on the step's training batch; returns their metrics."""
+        batch, seqlen = self.balance(batch)
+        with timer("old_log_prob"):
+            batch.batch["old_log_probs"], _ = self.actor.compute_log_prob(batch)
+        if self.ref is not None:
+            with timer("ref"):
+                batch.batch["ref_log_prob"], _ = self.ref.compute_log_prob(batch)
+        if self.critic is not None:
+            with timer("values"):
+                batch.batch["values"] = self.critic.compute_values(batch)
+        with timer("adv"):
+            kl_metrics = self.shape_rewards(batch)
+            corr_metrics = self.rollout_corr(batch) if self.rollout_corr is not None else {}
+            adv_metrics = self.advantages(batch)
+        critic_metrics = {}
+        if self.critic is not None:
+            with timer("update_critic"):
+                critic_metrics = self.critic.update_critic(batch)
+        with timer("update_actor"):
+            actor_batch, mask_metrics = self.truncation_mask(batch) if self.truncation_mask is not None \
+                else (batch, {})
+            actor_metrics = self.actor.update_policy(actor_batch)
+        with timer("update_weights"):
+            sync_metrics = self.weight_sync.push()
+        real = real_rows(batch)  # without the padding rows of a filtered batch
+        self._dump_rollouts(real, step)
+        return {**seqlen, **kl_metrics, **corr_metrics, **adv_metrics, **critic_metrics, **actor_metrics,
+                **mask_metrics, **sync_metrics,
+                **rollout_probs_diff(batch.batch["rollout_log_probs"], batch.batch["old_log_probs"],
+                                     batch.batch["response_mask"]),
+                **compute_data_metrics(real, self.cfg.data.max_response_length)}
 
     def _dump_rollouts(self, batch: DataProto, step: int) -> None:
         out_dir = self.cfg.trainer.rollout_data_dir

@@ -1,8 +1,11 @@
 """Validation: generate ``val_kwargs.n`` samples per validation prompt (DP over ranks), grade them against the
-dataset labels on rank 0, and report ``val-core/<data_source>/acc/{mean@n, maj@n, pass@n}`` (``val-aux`` for
-smaller k; ttrl/metrics.py defines them). Optionally dumps every generation to ``validation_data_dir/<step>.jsonl``.
+dataset labels, and report ``val-core/<data_source>/acc/{mean@n, maj@n, pass@n}`` (``val-aux`` for smaller k;
+ttrl/metrics.py defines them). Optionally dumps every generation to ``validation_data_dir/<step>.jsonl`` (rank 0).
 
-Every rank returns the same metrics dict (broadcast from rank 0). No megatron, no vllm imports.
+Grading is spread: every rank holds all generations, grades its contiguous share of the prompts, and the per-share
+means are all-gathered and combined weighted by each share's prompt count per data source, in rank order, so every
+rank returns the same metrics dict (equal to grading everything in one process up to float rounding; identical with
+one rank). No megatron, no vllm imports.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from ttrl_megatron.rollout.base import SamplingConfig
 from ttrl_megatron.ttrl import compute_validation_metrics, extract_answer, grade_many
 
 from .dumps import generation_rows, write_jsonl
-from .generation import VALIDATION, broadcast_object, generate_batch, sampling_for
+from .assemble import split_evenly
+from .generation import VALIDATION, all_gather_objects, generate_batch, sampling_for
 
 
 def val_sampling(val: ValKwargsConfig, max_tokens: int) -> SamplingConfig:
@@ -47,12 +51,15 @@ class Validator:
     def run(self, step: int) -> dict[str, float]:
         """Validate the current rollout weights; collective (every rank must call it)."""
         prompts, responses, truths, sources = self._generate_all(step)
-        metrics = None
-        if self.rank == 0:
-            metrics = compute_validation_metrics(responses, truths, sources, grader=self.grader)
-            if self.dump_dir:
-                self._dump(step, prompts, responses, truths)
-        return broadcast_object(metrics)
+        start, end = split_evenly(len(prompts), self.world)[self.rank]
+        share = sources[start:end]
+        local = (compute_validation_metrics(responses[start:end], truths[start:end], share, grader=self.grader)
+                 if end > start else {})
+        counts = {src: share.count(src) for src in dict.fromkeys(share)}
+        metrics = combine_shares(all_gather_objects((local, counts)))
+        if self.rank == 0 and self.dump_dir:
+            self._dump(step, prompts, responses, truths)
+        return metrics
 
     def _dump(self, step: int, prompts, responses, truths) -> None:
         flat_prompts = [p for p, rs in zip(prompts, responses) for _ in rs]
@@ -65,3 +72,21 @@ class Validator:
                   for a, t in zip(answers, flat_truths)]
         write_jsonl(self.dump_dir, step, generation_rows(step, flat_prompts, flat, answers, [None] * len(flat),
                                                          flat_truths, scores))
+
+
+def combine_shares(parts: list[tuple[dict, dict]]) -> dict[str, float]:
+    """Per-share validation means -> the whole set's: ``parts`` = [(metrics of a share, {data_source: prompts in the
+    share}), ...] in rank order; each ``<prefix>/<source>/acc/...`` mean is weighted by its share's prompts of that
+    source."""
+    filled = [p for p in parts if p[1]]
+    if len(filled) == 1:  # one share (one rank): its metrics as they are
+        return dict(filled[0][0])
+    sources = sorted({src for _, counts in parts for src in counts}, key=len, reverse=True)
+    totals: dict[str, list[float]] = {}
+    for metrics, counts in parts:
+        for key, value in metrics.items():
+            src = next(s for s in sources if key.split("/", 1)[1].startswith(f"{s}/acc/"))
+            acc = totals.setdefault(key, [0.0, 0.0])
+            acc[0] += value * counts[src]
+            acc[1] += counts[src]
+    return {key: total / weight for key, (total, weight) in sorted(totals.items())}

@@ -27,8 +27,10 @@ def _vote_batch():
 
 def test_reward_step_votes_keeps_first_samples_and_places_scores():
     step = RewardStep(ttrl=TTRLConfig(enable=True, n_votes_per_prompt=4, n_samples_per_prompt=2), n_votes=4,
-                      n_samples=2, manager=MajorityRewardManager(), grader=None, seed=0, is_source=True)
-    kept, metrics = step(_vote_batch(), step=1)
+                      n_samples=2, manager=MajorityRewardManager(), grader=None, seed=0)
+    kept, reward_metrics = step(_vote_batch(), step=1)
+    assert reward_metrics == {}  # no reward errors
+    metrics = step.step_metrics(kept)
     assert len(kept) == 4
     assert [rm["majority_gt"] for rm in kept.obj("reward_model")] == ["3", "3", "8", "8"]
     assert list(kept.obj("score")) == [1.0, 1.0, 0.0, 1.0]  # rows 0,1 of prompt 0 and rows 4,5 of prompt 1
