@@ -206,7 +206,7 @@ class WeightSync:
         self.engine, self.check, self.actor = engine, check, actor
         dtype = next(self.model.parameters()).dtype
         # the planned buckets (also checks bucket_bytes now rather than at the first push)
-        self.plan = E.plan_buckets(self.facts, bucket_bytes, torch.empty((), dtype=dtype).element_size())
+        self.plan = E.plan_buckets(self.facts, bucket_bytes, dtype.itemsize)
         self.bucket_bytes = bucket_bytes
         self.pushes = 0
         check_plan_against_engine(self.facts, engine)
