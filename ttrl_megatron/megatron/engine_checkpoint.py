@@ -135,8 +135,9 @@ def _init_adam_state(inner: torch.optim.Optimizer) -> None:
     for group in inner.param_groups:
         for p in group["params"]:
             if len(inner.state[p]) == 0:
+                # host: torch's Adam keeps `step` on the host unless capturable/fused (neither is used here)
                 inner.state[p].update(exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p),
-                                      step=torch.zeros((), dtype=torch.float32))
+                                      step=torch.zeros((), dtype=torch.float32))  # host: see above
 
 
 def _load_leaf(leaf, state: dict) -> None:
