@@ -139,7 +139,7 @@ def _optimizer_sharded_state(engine, for_loading: bool) -> list:
     out = []
     for leaf in _leaves(engine.optimizer):
         if _is_distributed(leaf):
-            if for_loading and adam_implementation(leaf.optimizer) == "torch":
+            if adam_implementation(leaf.optimizer) == "torch":  # also on save: a never-stepped optimizer
                 _init_adam_state(leaf.optimizer)
             out.append(leaf.sharded_state_dict(model_sd, is_loading=for_loading, metadata=DISTOPT_METADATA))
         else:
@@ -150,7 +150,8 @@ def _optimizer_sharded_state(engine, for_loading: bool) -> list:
 @torch.no_grad()
 def _init_adam_state(inner: torch.optim.Optimizer) -> None:
     """torch Adam only: zero state with a per-parameter ``step`` for parameters that have none (a fresh optimizer),
-    so that megatron's DistributedOptimizer.state_dict() can run; every value is overwritten by the load.
+    so that megatron's DistributedOptimizer.state_dict() can run (it asserts on the missing step). On load every value
+    is then overwritten; on save it stores what a fresh Adam is (zero moments, step 0), so the resume is the same.
     (FusedAdam needs nothing: megatron allocates its state, and its step lives in the param groups.)"""
     for group in inner.param_groups:
         for p in group["params"]:
