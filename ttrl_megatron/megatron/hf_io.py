@@ -8,6 +8,10 @@
   the TP shards, then broadcasts over the PP group (shapes come from the mapping, so no metadata exchange).
   Converters run it at TP=PP=1 where it does no communication.
 - Value models (critic, `value_head=True`): loading fills the trunk only; exporting is refused.
+- Devices: tensors are read from the files on the host and written into the parameters where they live (the
+  compute device, `cuda:LOCAL_RANK` on a GPU run), one slice at a time; the export's collectives run on
+  `distributed.devices.collective_device(group)` and it yields tensors on the model's device.
+  CPU proxies: tests/dist/test_weights_dry_run.py (model on `meta`), tests/unit/test_fake_cuda_write.py.
 
 Imports megatron.core (through the model) and torch.distributed; the mapping rules stay in bridge/names.py.
 """
