@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from converters.hf_to_megatron import DTYPE_CHOICES, _check_empty
+from ttrl_megatron.distributed.devices import host_device
 
 
 def convert_megatron_to_hf(megatron_dir: str, out_dir: str, dtype: torch.dtype | None = None,
@@ -98,10 +99,12 @@ class ShardWriter:
         self.total_bytes = 0
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
+        """Queue one tensor; it is copied to the host now (the export yields tensors on the model's device, e.g. the
+        GPU), so the device never holds more than the tensor being produced and the host at most one shard."""
         size = tensor.numel() * tensor.element_size()
         if self.pending and self.pending_bytes + size > self.max_bytes:
             self._flush()
-        self.pending[name] = tensor.contiguous()
+        self.pending[name] = tensor.detach().to(host_device()).contiguous()
         self.pending_bytes += size
         self.total_bytes += size
 

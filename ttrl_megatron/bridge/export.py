@@ -17,6 +17,11 @@ padding stripped, tied models: `embed_tokens` only). That per-tensor stream is `
   of producing one tensor (its TP shards, the gathered tensor, the split pieces) comes on top: about the largest
   single parameter. Never a second copy of the model.
 
+Devices: a bucket is a list of tensors, not a flat staging buffer. Every tensor lives on the model's device (the
+compute device, e.g. `cuda:LOCAL_RANK`): the TP gather and PP broadcast run on the groups' collective device
+(`megatron/hf_io.py`), and nothing is moved to the host here, so an in-process rollout engine on the same GPU loads
+them without a host round trip. An engine that needs host tensors (another process) moves them itself, one bucket
+at a time, so the host never holds more than a bucket either.
 Tensors yielded may alias live parameters: consume a bucket (e.g. load it into the engine) before the model
 changes, and do not modify them.
 Imports torch, the mapping (names.py) and megatron/hf_io.py; no vllm, no trainer.
@@ -158,7 +163,7 @@ def export_buckets(
     model = single_chunk(model_chunks)
     facts = export_facts(model)
     dtype = next(model.parameters()).dtype
-    plans = plan_buckets(facts, bucket_bytes, torch.empty((), dtype=dtype).element_size())
+    plans = plan_buckets(facts, bucket_bytes, dtype.itemsize)
     stats = stats if stats is not None else ExportStats()
     param_storages = {p.data.untyped_storage().data_ptr() for p in model.parameters()}
     expected = stream_order(facts)

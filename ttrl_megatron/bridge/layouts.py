@@ -38,7 +38,8 @@ def qkv_local_rows(part: str, heads_per_group: int, head_dim: int, local_groups:
     block = (heads_per_group + 2) * head_dim
     start, length = {"q": (0, heads_per_group * head_dim), "k": (heads_per_group * head_dim, head_dim),
                      "v": ((heads_per_group + 1) * head_dim, head_dim)}[part]
-    return torch.cat([torch.arange(g * block + start, g * block + start + length) for g in range(local_groups)])
+    starts = [g * block + start for g in range(local_groups)]
+    return torch.cat([torch.arange(s, s + length) for s in starts])  # host: row ids (the loader moves them)
 
 
 def merge_fc1(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

@@ -344,7 +344,7 @@ def hf_to_megatron_shard(hf_name: str, tensor: torch.Tensor, arch: ArchFacts, tp
     rows_per_rank = tensor.shape[0] // tp_size
     first = 0 if part == "gate" else rows_per_rank
     mine = tensor.chunk(tp_size, 0)[tp_rank]
-    return [ShardPiece(mg, mine, torch.arange(first, first + rows_per_rank))]
+    return [ShardPiece(mg, mine, torch.arange(first, first + rows_per_rank))]  # host: rows; _write moves them
 
 
 # --- shapes and vLLM module groups --------------------------------------------------------------------------

@@ -38,6 +38,7 @@ import torch.distributed as dist
 
 from ttrl_megatron.bridge import export as E
 from ttrl_megatron.bridge import names as N
+from ttrl_megatron.distributed.devices import collective_device
 
 DEFAULT_BUCKET_BYTES = 512 << 20
 ON_FAILURE = ("raise", "warn")
@@ -118,8 +119,8 @@ def rollout_probs_diff(rollout_log_probs: torch.Tensor, old_log_probs: torch.Ten
 
 def fixed_sequences(vocab_size: int, check: SyncCheckConfig) -> tuple[list[list[int]], list[list[int]]]:
     """Seeded random (prompts, responses) of the configured lengths; identical on every rank."""
-    gen = torch.Generator().manual_seed(check.seed)
-    ids = torch.randint(0, vocab_size, (check.num_sequences, check.prompt_len + check.response_len), generator=gen)
+    gen = torch.Generator().manual_seed(check.seed)  # host: draws host token ids (returned as lists)
+    ids = torch.randint(0, vocab_size, (check.num_sequences, check.prompt_len + check.response_len), generator=gen)  # host: ids
     return ids[:, :check.prompt_len].tolist(), ids[:, check.prompt_len:].tolist()
 
 
@@ -130,10 +131,10 @@ def verl_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[in
     width_p = max(len(p) for p in prompts)
     width_r = max(len(r) for r in responses)
     b = len(prompts)
-    ids = torch.full((b, width_p + width_r), pad_id, dtype=torch.long)
-    mask = torch.zeros(b, width_p + width_r, dtype=torch.long)
+    ids = torch.full((b, width_p + width_r), pad_id, dtype=torch.long)  # host: the driver's batch
+    mask = torch.zeros(b, width_p + width_r, dtype=torch.long)  # host: the driver's batch
     for i, (p, r) in enumerate(zip(prompts, responses)):
-        ids[i, width_p - len(p):width_p + len(r)] = torch.tensor(list(p) + list(r), dtype=torch.long)
+        ids[i, width_p - len(p):width_p + len(r)] = torch.tensor(list(p) + list(r), dtype=torch.long)  # host: batch
         mask[i, width_p - len(p):width_p + len(r)] = 1
     return {"input_ids": ids, "attention_mask": mask, "responses": ids[:, width_p:].clone(),
             "response_mask": mask[:, width_p:].clone()}
@@ -163,7 +164,7 @@ def actor_logprobs(actor, prompts: Sequence[Sequence[int]], responses: Sequence[
 
 def logprob_diff(rollout: Sequence[Sequence[float]], actor: Sequence[Sequence[float]]) -> dict[str, float]:
     """`rollout/actor_logprob_diff_{max,mean}`: |logp_rollout - logp_actor| over all response tokens."""
-    diffs = torch.tensor([abs(a - b) for ra, rb in zip(rollout, actor) for a, b in zip(ra, rb)], dtype=torch.float64)
+    diffs = torch.tensor([abs(a - b) for ra, rb in zip(rollout, actor) for a, b in zip(ra, rb)], dtype=torch.float64)  # host: metric
     return {"rollout/actor_logprob_diff_max": float(diffs.max()),
             "rollout/actor_logprob_diff_mean": float(diffs.mean())}
 
@@ -173,8 +174,8 @@ def _over_all_ranks(metrics: dict[str, float]) -> dict[str, float]:
     (one rank raising while the others go on would hang them at their next collective)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return metrics
-    worst = torch.tensor([metrics["rollout/actor_logprob_diff_max"]], dtype=torch.float64)
-    mean = torch.tensor([metrics["rollout/actor_logprob_diff_mean"]], dtype=torch.float64)
+    worst = torch.tensor([metrics["rollout/actor_logprob_diff_max"]], dtype=torch.float64, device=collective_device())
+    mean = torch.tensor([metrics["rollout/actor_logprob_diff_mean"]], dtype=torch.float64, device=collective_device())
     dist.all_reduce(worst, op=dist.ReduceOp.MAX)
     dist.all_reduce(mean)
     return {"rollout/actor_logprob_diff_max": float(worst),
@@ -206,7 +207,7 @@ class WeightSync:
         self.engine, self.check, self.actor = engine, check, actor
         dtype = next(self.model.parameters()).dtype
         # the planned buckets (also checks bucket_bytes now rather than at the first push)
-        self.plan = E.plan_buckets(self.facts, bucket_bytes, torch.empty((), dtype=dtype).element_size())
+        self.plan = E.plan_buckets(self.facts, bucket_bytes, dtype.itemsize)
         self.bucket_bytes = bucket_bytes
         self.pushes = 0
         check_plan_against_engine(self.facts, engine)

@@ -251,7 +251,7 @@ class MegatronActor(EngineHandles):
             kl_agg = agg(kl_penalty(lp, t["ref_log_prob"], cfg.kl_loss_type))
             loss = loss + cfg.kl_loss_coef * kl_agg
             outputs["kl_loss"] = kl_agg.detach()
-            outputs["kl_coef"] = torch.tensor(cfg.kl_loss_coef * weight)
+            outputs["kl_coef"] = torch.tensor(cfg.kl_loss_coef * weight)  # host: a metric, read with float()
         return loss, outputs
 
     def _entropy(self, output: torch.Tensor, mb: MicroBatch, grad: bool) -> torch.Tensor:

@@ -245,7 +245,8 @@ def _replace_vocab_entries(sharded, ckpt_shapes: dict, resized: set, path: tuple
     items = sharded.items() if isinstance(sharded, dict) else enumerate(sharded) if isinstance(sharded, list) else ()
     for key, st in list(items):
         if isinstance(st, ShardedTensor) and st.key in resized:
-            whole = torch.empty(ckpt_shapes[st.key], dtype=st.data.dtype)
+            # host: a transient whole-vocab read; its rows reach the parameter / optimizer state by copy_
+            whole = torch.empty(ckpt_shapes[st.key], dtype=st.data.dtype)  # host: see above
             # every TP rank now reads the whole tensor: mark all but TP rank 0 as replicas (megatron's replica id
             # is (pipeline/layer, TP, DP) for these tensors)
             replica = (st.replica_id[0], parallel_state.get_tensor_model_parallel_rank(), st.replica_id[2])

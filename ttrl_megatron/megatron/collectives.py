@@ -26,7 +26,7 @@ def dp_shard_rows(num_rows: int, dp_rank: int, dp_size: int, what: str = "batch"
     if num_rows % dp_size:
         raise ValueError(f"{what} of {num_rows} rows is not divisible by the data-parallel size {dp_size}")
     share = num_rows // dp_size
-    return torch.arange(dp_rank * share, (dp_rank + 1) * share)
+    return torch.arange(dp_rank * share, (dp_rank + 1) * share)  # host: row ids of the host batch
 
 
 

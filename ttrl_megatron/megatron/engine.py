@@ -265,7 +265,7 @@ class RoleEngine:
         rows = dp_shard_rows(tensors["responses"].shape[0], ranks.dp, ranks.dp_size)
         local = {k: tensors[k][rows] for k in keys}
         mbs = [batching.trim_columns(local, r, width, keys)
-               for r in plan.split(local["attention_mask"], torch.arange(rows.numel()), width)]
+               for r in plan.split(local["attention_mask"], torch.arange(rows.numel()), width)]  # host: row ids
         with torch.no_grad(), self._on_device():
             outs = run_schedule(self.model, mbs, loss_fn, forward_only=True)
         mask = response_mask_of(local).to(torch.float32)
@@ -274,7 +274,7 @@ class RoleEngine:
             if ranks.is_last_stage:
                 value = batching.scatter_rows(mbs, [o[key].float().cpu() for o in outs], rows.numel(), width) * mask
             else:
-                value = torch.empty(rows.numel(), width, dtype=torch.float32)
+                value = torch.empty(rows.numel(), width, dtype=torch.float32)  # host: moved by the broadcast
             result[key] = all_gather_dp_rows(broadcast_from_last_stage(value))
         return result
 
@@ -307,11 +307,11 @@ class RoleEngine:
             raise RuntimeError("this engine has no optimizer (a frozen reference model cannot be updated)")
         ranks = Ranks.current()
         num_rows, width = tensors["responses"].shape
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)  # host: shuffles row ids of the host batch
         totals: Dict[str, float] = {}
         steps = 0
         for _ in range(epochs):
-            order = torch.randperm(num_rows, generator=gen) if shuffle else None
+            order = torch.randperm(num_rows, generator=gen) if shuffle else None  # host: row ids
             for rows in batching.mini_batch_rows(num_rows, mini_batch_rows, ranks.dp, ranks.dp_size, order):
                 metrics = self._train_step(tensors, keys, plan, rows, width, ranks, loss_fn)
                 for k, v in metrics.items():
@@ -324,11 +324,11 @@ class RoleEngine:
 
         local = {k: tensors[k][rows] for k in keys}
         mask = response_mask_of(local)
-        counts_vec = all_reduce_dp_sum(torch.tensor(
+        counts_vec = all_reduce_dp_sum(torch.tensor(  # host: all_reduce_dp_sum moves it
             [float(mask.sum()), float((mask.sum(-1) > 0).sum())], dtype=torch.float64))
         counts = GlobalCounts(tokens=float(counts_vec[0]), seqs=float(counts_vec[1]))
         mbs = [batching.trim_columns(local, r, width, keys)
-               for r in plan.split(local["attention_mask"], torch.arange(rows.numel()), width)]
+               for r in plan.split(local["attention_mask"], torch.arange(rows.numel()), width)]  # host: row ids
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
@@ -339,7 +339,7 @@ class RoleEngine:
             grad_norm = self.optimizer.get_grad_norm()
         names = sorted(outs[0]) if outs else []
         names = _agree_on_names(names)
-        local_sums = torch.tensor([sum(float(o[n]) for o in outs) for n in names], dtype=torch.float64)
+        local_sums = torch.tensor([sum(float(o[n]) for o in outs) for n in names], dtype=torch.float64)  # host: moved by the reduce
         summed = sum_over_dp_last_stage(local_sums)
         metrics = {n: float(v) for n, v in zip(names, summed)}
         metrics["grad_norm"], metrics["lr"] = float(grad_norm), lr

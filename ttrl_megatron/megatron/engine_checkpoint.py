@@ -23,8 +23,14 @@ Why the distributed optimizer is handled by hand (megatron-core 0.16.1, torch's 
   parameter state with ``step`` set aside, under ``no_grad`` (fp32 main params are views of the model's);
 - that first part gives every parameter the SAME step tensor, which torch's Adam would then advance once per
   parameter per step: each parameter gets its own copy back.
-Switching between the distributed and the plain optimizer is refused with a message naming both settings
-(their state dicts differ in structure).
+With Transformer Engine (or apex) installed, megatron-core builds their ``FusedAdam`` instead of torch's Adam. Its state
+layout differs in one way that matters here: ``exp_avg`` / ``exp_avg_sq`` per parameter as in torch, but no
+per-parameter ``step``: each param group carries an int ``step`` (incremented by every ``step()``), and megatron's
+DistributedOptimizer then takes its TE/apex paths (step read from / written to the param groups; a fresh
+optimizer's state is allocated by megatron's own ``load_state_dict``). So for FusedAdam nothing is initialised by
+hand and no step is set aside; the param groups' ``step`` travels in the checkpoint's common part.
+Switching between the distributed and the plain optimizer, or between torch's Adam and FusedAdam (their param
+groups hold different keys), is refused with a message naming both settings.
 
 Imports megatron.core (through checkpoint.py); must not import vllm, hydra or the trainer.
 """
@@ -110,6 +116,22 @@ def _is_distributed(leaf) -> bool:
     return hasattr(leaf, "gbuf_ranges")  # megatron's DistributedOptimizer
 
 
+def _inner(leaf) -> torch.optim.Optimizer:
+    """The torch-level optimizer (Adam, FusedAdam) inside a megatron optimizer wrapper."""
+    return leaf.optimizer
+
+
+def adam_implementation(inner: torch.optim.Optimizer) -> str:
+    """``"torch"`` for torch's Adam/AdamW (per-parameter ``step``), ``"fused"`` for Transformer Engine's or apex's
+    FusedAdam (step in the param groups, see module doc); anything else raises naming its class."""
+    if isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
+        return "torch"
+    if type(inner).__name__ == "FusedAdam" and hasattr(inner, "adam_w_mode"):  # TE and apex: same state layout
+        return "fused"
+    raise NotImplementedError(f"optimizer checkpoints of {type(inner).__module__}.{type(inner).__name__} are not "
+                              "supported (torch Adam/AdamW, or Transformer Engine / apex FusedAdam)")
+
+
 def _optimizer_sharded_state(engine, for_loading: bool) -> list:
     """One sharded state dict per leaf optimizer, built from the model's ShardedTensors (so each state tensor
     carries its parameter's global shape and offsets and reshards like it)."""
@@ -117,7 +139,7 @@ def _optimizer_sharded_state(engine, for_loading: bool) -> list:
     out = []
     for leaf in _leaves(engine.optimizer):
         if _is_distributed(leaf):
-            if for_loading:
+            if adam_implementation(leaf.optimizer) == "torch":  # also on save: a never-stepped optimizer
                 _init_adam_state(leaf.optimizer)
             out.append(leaf.sharded_state_dict(model_sd, is_loading=for_loading, metadata=DISTOPT_METADATA))
         else:
@@ -127,16 +149,16 @@ def _optimizer_sharded_state(engine, for_loading: bool) -> list:
 
 @torch.no_grad()
 def _init_adam_state(inner: torch.optim.Optimizer) -> None:
-    """Zero Adam state with a per-parameter ``step`` for parameters that have none (a fresh optimizer), so that
-    megatron's DistributedOptimizer.state_dict() can run; every value is overwritten by the load."""
-    if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
-        raise NotImplementedError(f"loading a distributed-optimizer checkpoint into {type(inner).__name__} is not "
-                                  "supported (Adam/AdamW only); set use_distributed_optimizer=False")
+    """torch Adam only: zero state with a per-parameter ``step`` for parameters that have none (a fresh optimizer),
+    so that megatron's DistributedOptimizer.state_dict() can run (it asserts on the missing step). On load every value
+    is then overwritten; on save it stores what a fresh Adam is (zero moments, step 0), so the resume is the same.
+    (FusedAdam needs nothing: megatron allocates its state, and its step lives in the param groups.)"""
     for group in inner.param_groups:
         for p in group["params"]:
             if len(inner.state[p]) == 0:
+                # host: torch's Adam keeps `step` on the host unless capturable/fused (neither is used here)
                 inner.state[p].update(exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p),
-                                      step=torch.zeros((), dtype=torch.float32))
+                                      step=torch.zeros((), dtype=torch.float32))  # host: see above
 
 
 def _load_leaf(leaf, state: dict) -> None:
@@ -149,8 +171,15 @@ def _load_leaf(leaf, state: dict) -> None:
         raise CheckpointMismatchError(f"distributed-optimizer state of type {kind!r}; expected "
                                       f"{DISTOPT_METADATA['distrib_optim_sharding_type']!r}")
     leaf.load_state_dict(state)  # param groups: hyper-parameters and the shared step
-    with torch.no_grad(), _step_set_aside(leaf.optimizer):
+    aside = _step_set_aside if adam_implementation(leaf.optimizer) == "torch" else _nothing_aside
+    with torch.no_grad(), aside(leaf.optimizer):
         leaf.load_parameter_state_from_fully_reshardable(param_state)
+
+
+@contextlib.contextmanager
+def _nothing_aside(inner: torch.optim.Optimizer):
+    """FusedAdam: its step lives in the param groups, which ``leaf.load_state_dict`` restored."""
+    yield
 
 
 @contextlib.contextmanager
@@ -179,6 +208,7 @@ def _optimizer_meta(engine) -> dict:
     return {"format": OPTIM_FORMAT, "format_version": 1, "layout": _layout(),
             "distributed_optimizer": _is_distributed(leaves[0]), "leaves": len(leaves),
             "optimizer": engine.optim_config.optimizer,
+            "adam_implementation": adam_implementation(_inner(leaves[0])),
             "params_dtype": str(_single_chunk(engine).config.params_dtype).removeprefix("torch.")}
 
 
@@ -196,7 +226,8 @@ def _read_optimizer_meta(ckpt_dir: str) -> dict:
 
 def _check_optimizer_meta(saved: dict, current: dict, ckpt_dir: str) -> None:
     """Same message on every rank (all ranks read the same file and share the settings compared)."""
-    for name in ("distributed_optimizer", "optimizer", "params_dtype", "leaves"):
+    saved = {"adam_implementation": "torch", **saved}  # written before FusedAdam support: torch's Adam
+    for name in ("distributed_optimizer", "optimizer", "adam_implementation", "params_dtype", "leaves"):
         if saved[name] != current[name]:
             raise CheckpointMismatchError(
                 f"{ckpt_dir}: optimizer state saved with {name}={saved[name]!r} at layout {_fmt(saved['layout'])} "

@@ -8,6 +8,10 @@
   the TP shards, then broadcasts over the PP group (shapes come from the mapping, so no metadata exchange).
   Converters run it at TP=PP=1 where it does no communication.
 - Value models (critic, `value_head=True`): loading fills the trunk only; exporting is refused.
+- Devices: tensors are read from the files on the host and written into the parameters where they live (the
+  compute device, `cuda:LOCAL_RANK` on a GPU run), one slice at a time; the export's collectives run on
+  `distributed.devices.collective_device(group)` and it yields tensors on the model's device.
+  CPU proxies: tests/dist/test_weights_dry_run.py (model on `meta`), tests/unit/test_fake_cuda_write.py.
 
 Imports megatron.core (through the model) and torch.distributed; the mapping rules stay in bridge/names.py.
 """
@@ -25,6 +29,7 @@ from megatron.core import parallel_state
 from safetensors import safe_open
 
 from ttrl_megatron.bridge import names as N
+from ttrl_megatron.distributed.devices import collective_device
 from ttrl_megatron.megatron.arch import ModelArchConfig
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -166,46 +171,76 @@ def _stage_needs(hf_name: str, facts: N.ArchFacts, pp_rank: int, pp_size: int, t
 
 
 def _write(param: torch.Tensor, piece: N.ShardPiece, hf_name: str) -> None:
-    target = param.data if piece.rows is None else param.data[piece.rows]
-    if tuple(target.shape) != tuple(piece.data.shape):
+    """Write one HF tensor's slice into its rows of the local parameter (on the parameter's device).
+
+    The HF tensor comes from the file on the host; the parameter lives on the compute device (GPU). `copy_` moves
+    and casts across devices by itself; `index_copy_` (fused q/k/v and gate/up rows) needs its index and source on
+    the parameter's device, so both are moved there first (one slice at a time, never a whole-model copy)."""
+    rows = piece.rows
+    want = tuple(param.shape) if rows is None else (rows.numel(), *param.shape[1:])
+    if want != tuple(piece.data.shape):
         raise CheckpointMismatchError(f"{hf_name}: slice of shape {tuple(piece.data.shape)} does not fit "
-                                      f"{piece.megatron_name} rows of shape {tuple(target.shape)}")
-    if piece.rows is None:
+                                      f"{piece.megatron_name} rows of shape {want}")
+    if rows is None:
         param.data.copy_(piece.data)
     else:
-        param.data.index_copy_(0, piece.rows, piece.data.to(param.dtype))
+        param.data.index_copy_(0, rows.to(param.device), piece.data.to(param.device, param.dtype))
 
 
 # --- Megatron -> HF ------------------------------------------------------------------------------------------
 
 def iter_hf_weights(model: torch.nn.Module, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield `(hf_name, tensor)` for the whole model in HF layout (unpadded vocab, split qkv/fc1, tied: no
-    lm_head) on every rank. Collective: every rank of the model-parallel group must iterate it to the end."""
+    lm_head) on every rank. Collective: every rank of the model-parallel group must iterate it to the end.
+
+    Devices: every yielded tensor lives on the model's device (the compute device; at TP=PP=1 most are views of the
+    live parameters, so nothing is copied). Tensors handed to a collective live on `collective_device(group)`
+    (the GPU for NCCL groups; the host for gloo groups, staged there and back one tensor at a time). Nothing is
+    moved to the host here: consumers that need host tensors (the converters' safetensors writer) move them.
+    Extra memory: about two copies of the largest single parameter (TP shards + the gathered tensor)."""
     if getattr(model, "ttrl_value_head", False):
         raise ValueError("iter_hf_weights: a value model (value_head=True) has no HF causal-LM layout to export")
     facts = model_arch_facts(model)
     tp_rank, tp_size, pp_rank, pp_size = _layout()
     params = dict(model.named_parameters())
-    dtype = next(iter(params.values())).dtype
+    first = next(iter(params.values()))
+    dtype, device = first.dtype, first.device
     for spec in _progress(N.param_specs(facts), progress, "Megatron -> HF"):
         owner = N.owning_stage(spec.megatron_name, facts, pp_size)
+        full = None
         if owner == pp_rank:
             local = params[N.to_local_name(spec.megatron_name, facts, pp_rank, pp_size)].data
             full = _gather_tp(spec.megatron_name, local, tp_size)
-        else:
-            full = torch.empty(N.megatron_full_shape(spec, facts), dtype=dtype)
         if pp_size > 1:
-            group = parallel_state.get_pipeline_model_parallel_group()
-            dist.broadcast(full, src=dist.get_global_rank(group, owner), group=group)
+            full = _broadcast_from_stage(full, N.megatron_full_shape(spec, facts), dtype, device, owner)
         yield from N.megatron_full_to_hf(spec.megatron_name, full, facts)
 
 
+def _broadcast_from_stage(full: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype,
+                          device: torch.device, owner: int) -> torch.Tensor:
+    """PP stage `owner`'s full tensor (None elsewhere) -> every stage, returned on `device` (the model's).
+
+    The receive buffer is allocated where the pipeline group's backend needs it (`collective_device`): an NCCL
+    group takes GPU tensors only. The owner sends its tensor in place when it already lives there."""
+    group = parallel_state.get_pipeline_model_parallel_group()
+    on = collective_device(group)
+    buf = full.to(on).contiguous() if full is not None else torch.empty(shape, dtype=dtype, device=on)
+    dist.broadcast(buf, src=dist.get_global_rank(group, owner), group=group)
+    return buf.to(device)
+
+
 def _gather_tp(megatron_name: str, local: torch.Tensor, tp_size: int) -> torch.Tensor:
+    """All-gather a TP-sharded parameter over the TP group -> the full (TP=1 layout) tensor on `local`'s device.
+
+    Shards travel on `collective_device(tp_group)` (the GPU for NCCL; for a gloo group with GPU parameters, e.g.
+    the converters' spawned gloo ranks on a GPU machine, they are staged on the host and the result moved back)."""
     if tp_size == 1 or N.tp_split_dim(megatron_name) is None:
         return local
-    shards = [torch.empty_like(local) for _ in range(tp_size)]
-    dist.all_gather(shards, local.contiguous(), group=parallel_state.get_tensor_model_parallel_group())
-    return N.gather_shards(megatron_name, shards)
+    group = parallel_state.get_tensor_model_parallel_group()
+    send = local.to(collective_device(group)).contiguous()
+    shards = [torch.empty_like(send) for _ in range(tp_size)]
+    dist.all_gather(shards, send, group=group)
+    return N.gather_shards(megatron_name, shards).to(local.device)
 
 
 def _progress(items, enabled: bool, desc: str):

@@ -22,7 +22,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer import TransformerConfig
 
 from ttrl_megatron.distributed import ParallelLayout
-from ttrl_megatron.distributed.devices import compute_device
+from ttrl_megatron.distributed.devices import compute_device, host_device
 from ttrl_megatron.megatron.arch import ArchConfigError, ModelArchConfig
 
 __all__ = [
@@ -191,7 +191,7 @@ def _mask_vocab_padding(output_layer: torch.nn.Module, arch: ModelArchConfig, tp
         return
     local = padded // tp
     start = parallel_state.get_tensor_model_parallel_rank() * local
-    pad = torch.arange(start, start + local) >= arch.vocab_size  # [V/tp] bool, True = padding column
+    pad = torch.arange(start, start + local, device=host_device()) >= arch.vocab_size  # [V/tp] bool, True = padding
     if not pad.any():
         return
 

@@ -51,7 +51,7 @@ def _write(fmt, path: str, load_format: str, out_dir: str, dtype: torch.dtype, m
     model = load_initial_model(path, load_format, dtype)
     for name, tensor in iter_hf_weights(model):  # collective on every rank
         if writer is not None:
-            writer.add(name, tensor.detach().clone())
+            writer.add(name, tensor)  # the writer copies it to the host (the model is not changed meanwhile)
     if writer is None:
         return
     writer.close()

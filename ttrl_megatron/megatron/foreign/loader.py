@@ -136,7 +136,7 @@ def _read_vocab_whole(template: dict, ckpt: dict, resized: set) -> dict[str, Sha
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     for sd_key, st in list(template.items()):
         if isinstance(st, ShardedTensor) and st.key in resized:
-            whole = torch.empty(ckpt[st.key], dtype=st.data.dtype)
+            whole = torch.empty(ckpt[st.key], dtype=st.data.dtype)  # host: transient; rows reach the param by copy_
             replica = (st.replica_id[0], tp_rank, st.replica_id[2]) if isinstance(st.replica_id, tuple) else tp_rank
             template[sd_key] = ShardedTensor.from_rank_offsets(st.key, whole, replica_id=replica)
             originals[sd_key] = st
