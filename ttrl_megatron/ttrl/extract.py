@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["extract_answer", "last_boxed_span"]
+__all__ = ["EXTRACTIONS", "boxed_contents", "boxed_spans", "check_extraction", "extract_answer", "last_boxed_span"]
+
+EXTRACTIONS = ("boxed", "any")  # ttrl.answer_extraction: last box (several boxes = a list) | box, else the conclusion
 
 # `\boxed` or `\fbox`, not followed by a letter (so `\boxedfoo` is another macro).
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
@@ -40,18 +42,19 @@ def _match_brace(text: str, open_pos: int) -> int:
     return -1
 
 
-def last_boxed_span(text: str) -> tuple[int, int, bool] | None:
-    """(start, end, braced) of the content of the last top-level box in ``text``; None when there is none.
+def boxed_spans(text: str) -> list[tuple[int, int, int, int, bool]]:
+    """Every top-level box of ``text`` in order: ``(macro_start, content_start, content_end, end, braced)``.
 
-    "Last" means the box whose macro starts last among boxes that are not inside another box; a box nested in it is
-    unwrapped by ``extract_answer``. An unclosed ``\\boxed{`` is skipped (it is a truncated response, not an answer).
+    ``end`` is just past the closing brace (or the bare token). A box nested in another box is part of its parent's
+    content (``extract_answer`` unwraps it). An unclosed ``\\boxed{`` is skipped (a truncated response, not an answer).
+    One linear scan.
     """
-    best: tuple[int, int, bool] | None = None
+    spans: list[tuple[int, int, int, int, bool]] = []
     pos = 0
     while True:
         m = _BOX_RE.search(text, pos)
         if m is None:
-            return best
+            return spans
         j = m.end()
         while j < len(text) and text[j] in " \t":
             j += 1
@@ -60,30 +63,31 @@ def last_boxed_span(text: str) -> tuple[int, int, bool] | None:
             if close < 0:
                 pos = m.end()
                 continue
-            best = (j + 1, close, True)
+            spans.append((m.start(), j + 1, close, close + 1, True))
             pos = close + 1
             continue
         bare = _BARE_RE.match(text, m.end())
         if bare is not None and m.end() < len(text) and text[m.end()] in " \t":
-            best = (bare.start(1), bare.end(1), False)
+            spans.append((m.start(), bare.start(1), bare.end(1), bare.end(1), False))
             pos = bare.end(1)
         else:
             pos = m.end()
 
 
-def extract_answer(text: str | None) -> str | None:
-    """The stripped content of the last ``\\boxed{...}`` / ``\\boxed X`` / ``\\fbox{...}`` in ``text``.
+def last_boxed_span(text: str) -> tuple[int, int, bool] | None:
+    """(start, end, braced) of the content of the last top-level box in ``text``; None when there is none."""
+    spans = boxed_spans(text)
+    if not spans:
+        return None
+    _, start, end, _, braced = spans[-1]
+    return start, end, braced
 
-    Returns None when there is no box or the box is empty. Trailing sentence punctuation of the brace-less form
-    (``\\boxed 5.``) is dropped. Never raises for any ``str`` input.
-    """
-    if not text or "\\boxed" not in text and "\\fbox" not in text:
-        return None
-    span = last_boxed_span(text)
-    if span is None:
-        return None
-    ans = text[span[0]:span[1]].strip()
-    if not span[2]:  # brace-less form
+
+def _content(text: str, span: tuple[int, int, int, int, bool]) -> str | None:
+    """Stripped content of one box: trailing punctuation of the brace-less form dropped, nested boxes unwrapped."""
+    _, start, end, _, braced = span
+    ans = text[start:end].strip()
+    if not braced:  # brace-less form
         ans = ans.rstrip(".,;:")
     # `\boxed{\boxed{5}}` -> 5: unwrap while the whole content is itself one box.
     for _ in range(8):
@@ -92,3 +96,41 @@ def extract_answer(text: str | None) -> str | None:
             break
         ans = ans[inner[0]:inner[1]].strip()
     return ans or None
+
+
+def extract_answer(text: str | None, extraction: str = "boxed") -> str | None:
+    """The stripped content of the last ``\\boxed{...}`` / ``\\boxed X`` / ``\\fbox{...}`` in ``text``.
+
+    ``extraction="any"``: when there is no box, the final answer of the conclusion instead (``unboxed.py``).
+    Returns None when there is no answer or the box is empty. Trailing sentence punctuation of the brace-less form
+    (``\\boxed 5.``) is dropped. Never raises for any ``str`` input.
+    """
+    check_extraction(extraction)
+    if not text:
+        return None
+    if "\\boxed" in text or "\\fbox" in text:
+        spans = boxed_spans(text)
+        if spans:
+            return _content(text, spans[-1])
+    if extraction == "any":
+        from .unboxed import unboxed_answer
+
+        return unboxed_answer(text)
+    return None
+
+
+def boxed_contents(text: str | None) -> list[tuple[str | None, str]]:
+    """Every top-level box of ``text`` as ``(content, text before it since the previous box)``; content None for an
+    empty box."""
+    if not text or ("\\boxed" not in text and "\\fbox" not in text):
+        return []
+    out, prev_end = [], 0
+    for span in boxed_spans(text):
+        out.append((_content(text, span), text[prev_end:span[0]]))
+        prev_end = span[3]
+    return out
+
+
+def check_extraction(extraction: str) -> None:
+    if extraction not in EXTRACTIONS:
+        raise ValueError(f"answer extraction must be one of {EXTRACTIONS} (ttrl.answer_extraction), got {extraction!r}")

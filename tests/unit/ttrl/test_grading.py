@@ -6,7 +6,7 @@ import time
 import pytest
 
 from ttrl_megatron.ttrl import fast_grade, grade_answer, normalize_answer
-from ttrl_megatron.ttrl.grading import split_structure
+from ttrl_megatron.ttrl.forms import answer_form
 
 from .answer_table import ALL_PAIRS
 
@@ -57,12 +57,13 @@ def test_normalization_examples():
 
 
 def test_structure_rules():
-    assert split_structure("(1,2)") == ("()", ["1", "2"])
-    assert split_structure("[1,2)") == ("[)", ["1", "2"])
-    assert split_structure(r"\{1,2\}") == ("set", ["1", "2"])
-    assert split_structure("1,2") == ("list", ["1", "2"])
-    assert split_structure("(1)+(2)") is None
-    assert split_structure("f(1,2)") is None  # commas inside a function call do not make a list
+    one, two = ("s", "1"), ("s", "2")
+    assert answer_form("(1,2)") == ("seq", "()", (one, two), "")
+    assert answer_form("[1,2)") == ("seq", "[)", (one, two), "")
+    assert answer_form(r"\{1,2\}") == ("seq", "set", (one, two), "")
+    assert answer_form("1,2") == ("seq", "list", (one, two), "")
+    assert answer_form("(1)+(2)") == ("s", "(1)+(2)")
+    assert answer_form("f(1,2)") == ("s", "f(1,2)")  # commas inside a function call do not make a list
 
 
 def test_none_and_non_string_inputs():
