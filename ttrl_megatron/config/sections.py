@@ -101,6 +101,7 @@ class TTRLConfig:
     sample_selection: str = "first"  # which rollouts are kept: first (TTRL) | random (seeded by trainer.seed)
     grader_workers: int = 2  # grader processes per rank (answers are graded in killable workers)
     grade_timeout_s: float = 5.0  # seconds per answer before its grader is killed and it scores 0
+    answer_extraction: str = "boxed"  # boxed (last \boxed{}; several boxes = a list) | any (also unboxed conclusions)
 
 
 @dataclass(kw_only=True)

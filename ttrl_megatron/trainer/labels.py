@@ -31,7 +31,7 @@ class RewardStep:
     def __init__(self, *, ttrl, n_votes: int, n_samples: int, manager, grader, seed: int, is_source: bool):
         self.ttrl, self.n_votes, self.n_samples = ttrl, n_votes, n_samples
         self.manager, self.grader, self.seed, self.is_source = manager, grader, seed, is_source
-        self.truth = RuleRewardManager(grader, ttrl.grade_timeout_s if ttrl else None) if is_source else None
+        self.truth = RuleRewardManager(grader, ttrl and ttrl.grade_timeout_s, manager.extraction) if is_source else None
 
     def keep_rows(self, num_rows: int, step: int) -> np.ndarray:
         if self.ttrl is None:
@@ -44,7 +44,7 @@ class RewardStep:
         if self.ttrl is not None:
             batch = apply_ttrl_gt(batch, self.n_votes, self.n_samples, grader=self.grader,
                                   selection=self.ttrl.sample_selection, seed=self.seed + step,
-                                  timeout_s=self.ttrl.grade_timeout_s)
+                                  timeout_s=self.ttrl.grade_timeout_s, extraction=self.truth.extraction)
         out = self.manager(batch)
         truth = self.truth(batch)
         metrics = {}

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import re
 
-from .extract import boxed_contents, check_extraction
-from .forms import is_list_valued
+from .extract import box_content, boxed_spans, check_extraction, extract_answer
+from .forms import answer_form, is_list_valued
 from .normalize import normalize_answer
 from .unboxed import unboxed_answer
 
 __all__ = ["answer_for_label", "response_answer"]
 
 _MAX_JOIN_GAP = 60  # characters of connecting text allowed between two boxes of one run
+_MAX_RUN = 32  # a "run" of more boxes than this is degenerate output: the last box alone is the answer
 _SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)|\n\s*\n")
 _REASONING_RE = re.compile(r"\b(?:we|get|gives?|is|are|was|were|then|so|thus|therefore|hence|since|because|which|"
                            r"where|implies|yields?|obtain|find|have|has|becomes?|equals|substitut\w*|using|from|"
@@ -49,27 +50,36 @@ def _dedupe(contents: list[str]) -> list[str]:
     return list(seen.values())
 
 
-def _final_run(boxes: list[tuple[str | None, str]]) -> list[str]:
-    run = [boxes[-1][0]]
-    for i in range(len(boxes) - 1, 0, -1):
-        if boxes[i - 1][0] is None or not _joinable(boxes[i][1]):
+def _final_run(text: str, spans: list) -> list[str]:
+    """Contents of the last box and of the boxes joined to it (read backwards, so earlier boxes cost nothing)."""
+    run = [box_content(text, spans[-1])]
+    for i in range(len(spans) - 1, 0, -1):
+        if spans[i][0] - spans[i - 1][3] > _MAX_JOIN_GAP or not _joinable(text[spans[i - 1][3]:spans[i][0]]):
             break
-        run.insert(0, boxes[i - 1][0])
-    return _dedupe(run)
+        content = box_content(text, spans[i - 1])
+        if content is None:
+            break
+        run.insert(0, content)
+        if len(run) > _MAX_RUN:
+            return run[-1:]
+    return _dedupe(run) if len(run) > 1 else run
 
 
 def response_answer(text: str | None, extraction: str = "boxed") -> str | None:
     """The answer a response votes for (see the module docstring); None when it has none."""
-    check_extraction(extraction)
+    if extraction != "boxed":
+        check_extraction(extraction)
     if not isinstance(text, str) or not text:
         return None
-    boxes = boxed_contents(text)
-    if boxes:
-        if boxes[-1][0] is None:
-            return None  # the final box is empty: no answer, as in the seed (no fallback to the prose)
-        run = _final_run(boxes)
-        return ", ".join(run) if len(run) > 1 else run[0]
-    return unboxed_answer(text) if extraction == "any" else None
+    if text.count("\\boxed") + text.count("\\fbox") <= 1:  # the common case: at most one box
+        return extract_answer(text, extraction)
+    spans = boxed_spans(text)
+    if not spans:
+        return unboxed_answer(text) if extraction == "any" else None
+    if len(spans) == 1 or box_content(text, spans[-1]) is None:
+        return box_content(text, spans[-1])  # an empty final box: no answer, as in the seed (no prose fallback)
+    run = _final_run(text, spans)
+    return ", ".join(run) if len(run) > 1 else run[0]
 
 
 def answer_for_label(text: str | None, label: str | None, extraction: str = "boxed") -> str | None:
@@ -77,21 +87,19 @@ def answer_for_label(text: str | None, label: str | None, extraction: str = "box
     check_extraction(extraction)
     if not isinstance(text, str) or not text:
         return None
-    boxes = boxed_contents(text)
-    if not boxes or boxes[-1][0] is None:
-        return response_answer(text, extraction)
-    last = boxes[-1][0]
-    if len(boxes) == 1 or label is None:
-        return last
+    if text.count("\\boxed") + text.count("\\fbox") <= 1:
+        return extract_answer(text, extraction)
+    spans = boxed_spans(text)
+    last = box_content(text, spans[-1]) if spans else None
+    if last is None or len(spans) == 1 or label is None:
+        return response_answer(text, extraction) if not spans else last
     truth = normalize_answer(str(label)).text
-    if not is_list_valued(truth):
+    if not is_list_valued(truth) or is_list_valued(normalize_answer(last).text):
         return last
-    if is_list_valued(normalize_answer(last).text):
-        return last
-    run = _final_run(boxes)
+    run = _final_run(text, spans)
     if len(run) > 1:
         return ", ".join(run)
-    distinct = _dedupe([c for c, _ in boxes if c is not None])
+    distinct = _dedupe([c for c in (box_content(text, sp) for sp in spans[-4 * _MAX_RUN:]) if c is not None])
     n = len(_items(truth))
     if 1 < n <= len(distinct):
         return ", ".join(distinct[-n:])
@@ -99,8 +107,6 @@ def answer_for_label(text: str | None, label: str | None, extraction: str = "box
 
 
 def _items(truth: str) -> tuple:
-    from .forms import answer_form
-
     f = answer_form(truth)
     if f[0] == "named":
         f = f[2]

@@ -41,6 +41,7 @@ from .normalize import MAX_EVAL_LEN, has_variable
 __all__ = ["Judge", "answer_form", "compare", "is_list_valued", "split_top"]
 
 ORDERED = ("()", "[]", "(]", "[)")
+MAX_UNORDERED = 32  # order-free lists compare pairwise (n^2 leaf verdicts); longer ones only as identical multisets
 UNORDERED = ("set", "list", "union")
 _MATRIX_RE = re.compile(r"^[(\[]?\\begin\{([pbBV]?matrix|smallmatrix)\}(.*)\\end\{\1\}[)\]]?$", re.S)
 _ARRAY_RE = re.compile(r"^[(\[]?\\begin\{array\}(?:\{[^{}]*\})?(.*)\\end\{array\}[)\]]?$", re.S)
@@ -62,6 +63,8 @@ class Judge(Protocol):
 
 def split_top(text: str, seps: tuple[str, ...]) -> list[tuple[str, str]]:
     """Split ``text`` at separators outside brackets: ``[(piece, separator_after), ...]`` (the last has "")."""
+    if not any(sep in text for sep in seps):
+        return [(text, "")]
     out, depth, start, i, n = [], 0, 0, 0, len(text)
     while i < n:
         c = text[i]
@@ -351,7 +354,10 @@ def _compare_seqs(a: tuple, b: tuple, judge: Judge) -> bool | None:
 
 
 def _unordered(ia: tuple, ib: tuple, judge: Judge) -> bool | None:
-    """A perfect matching on decided-equal pairs -> True; a row with no possible partner -> False; else None."""
+    """A perfect matching on decided-equal pairs -> True; a row with no possible partner -> False; else None.
+    Lists longer than ``MAX_UNORDERED`` (degenerate answers) are equal only as identical multisets."""
+    if len(ia) > MAX_UNORDERED:
+        return sorted(map(repr, ia)) == sorted(map(repr, ib))
     table = [[compare(x, y, judge) for y in ib] for x in ia]
     if any(all(v is False for v in row) for row in table):
         return False

@@ -74,6 +74,8 @@ _LHS_RE = re.compile(r"^\s*[A-Za-z](?:_\{?\w\}?|[A-Za-z0-9])?\s*=(?!=)\s*(.+)$")
 _THOUSANDS_RE = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _SPACED_THOUSANDS_RE = re.compile(r"^[+-]?\d{1,3}(?: \d{3})+(?:\.\d+)?$")
 _WS_RE = re.compile(r"(\\[A-Za-z]+)?\s+(?=([A-Za-z])?)")
+_CMD_SPACE_LETTER_RE = re.compile(r"\\[A-Za-z]+\s+[A-Za-z]")
+_ANY_WS_RE = re.compile(r"\s+")
 _FRAC_SHORT_RE = re.compile(r"\\frac\s*(\d|\{[^{}]*\})\s*(\d|\{[^{}]*\})")
 _SQRT_SHORT_RE = re.compile(r"\\sqrt\s*(\d+|[A-Za-z])")
 _CHOICE_RE = re.compile(r"^\(([A-Ea-e])\)$")
@@ -112,6 +114,8 @@ def has_variable(s: str) -> bool:
 
 
 def _squash_spaces(s: str) -> str:
+    if not _CMD_SPACE_LETTER_RE.search(s):
+        return _ANY_WS_RE.sub("", s)
     return _WS_RE.sub(lambda m: (m.group(1) + " ") if m.group(1) and m.group(2) else (m.group(1) or ""), s)
 
 
@@ -125,24 +129,30 @@ def normalize_answer(answer: str) -> Normalized:
     if "\\boxed" in s or "\\fbox" in s:
         s = extract_answer(s) or s
     s = _strip_wrappers(s)
-    for uni, tex in _UNICODE:
-        if uni in s:
-            s = s.replace(uni, tex)
+    if not s.isascii():
+        for uni, tex in _UNICODE:
+            if uni in s:
+                s = s.replace(uni, tex)
     s = s.replace("\\left.", "").replace("\\right.", "")
     for tok in _DELETE:
         s = s.replace(tok, "")
-    s = _TEX_THOUSANDS_RE.sub("", s)
-    s = _DECIMAL_COMMA_RE.sub(".", s).replace("\\!", "")
-    s = _TEXT_CONNECTOR_RE.sub(lambda m: " " + m.group(1) + " ", s)
-    s = _QUAD_UNIT_RE.sub(" ", s)
-    s = _QUAD_RE.sub(" ; ", s)
+    macros = "\\" in s
+    if macros or "{" in s:
+        s = _TEX_THOUSANDS_RE.sub("", s)
+        s = _DECIMAL_COMMA_RE.sub(".", s).replace("\\!", "")
+    if macros:
+        s = _TEXT_CONNECTOR_RE.sub(lambda m: " " + m.group(1) + " ", s)
+        if "quad" in s:
+            s = _QUAD_UNIT_RE.sub(" ", s)
+            s = _QUAD_RE.sub(" ; ", s)
     s = _SPACES_RE.sub(" ", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\dbinom", "\\binom").replace("\\tbinom", "\\binom")
     for tok in _DEGREES:
         s = s.replace(tok, "")
     s = s.replace("\\$", "").replace("$", "").replace("{,}", "").replace("+\\infty", "\\infty")
-    for pattern, repl in _RELATIONS:
-        s = pattern.sub(lambda _m, r=repl: r, s)
+    if macros or "=" in s:
+        for pattern, repl in _RELATIONS:
+            s = pattern.sub(lambda _m, r=repl: r, s)
     s = s.strip().rstrip(".").strip()
     percent = False
     for tok in ("\\%", "%", "\\text{%}", "\\text{ percent}", " percent"):
@@ -185,7 +195,7 @@ def normalize_answer(answer: str) -> Normalized:
 
 def _list_separators(s: str) -> str:
     """``;`` and the words ``and`` / ``or`` between two items become ``,``; empty items (``1, ; 2``) disappear."""
-    if ";" not in s and " and " not in s.lower() and " or " not in s.lower():
+    if ";" not in s and "and" not in s and "or" not in s and "AND" not in s and "OR" not in s:
         return s
     s = _WORD_CONNECTOR_RE.sub(",", s).replace(";", ",")
     s = re.sub(r",(?:\s*,)+", ",", s)

@@ -28,6 +28,7 @@ __all__ = ["MAX_TAIL", "math_segments", "unboxed_answer"]
 
 MAX_TAIL = 6000  # the conclusion is at the end; a 50,000-character response is searched in its last 6,000 only
 _MAX_INLINE = 400  # an inline `$...$` longer than this is not math (currency signs, stray dollars)
+_MAX_ANCHORS = 25  # anchors tried per level (rightmost first): bounds the work on text full of "so" and "answer"
 
 _FINAL_RE = re.compile(r"final\s+answer", re.I)
 _ANSWER_RE = re.compile(r"\banswer\b(?:\*\*)?\s*(?:is\b|:|=)?(?:\*\*)?", re.I)
@@ -117,7 +118,8 @@ def _groups(text: str, segs: list[tuple[int, int, str]]) -> list[list[tuple[int,
 
 
 def _join(group: list[tuple[int, int, str]]) -> str:
-    return ", ".join(s[2].strip() for s in group)
+    """One value per math segment (each tidied on its own), joined as a list."""
+    return ", ".join(v for v in (_tidy(s[2]) for s in group) if v)
 
 
 def _plain_value(window: str) -> str | None:
@@ -147,8 +149,9 @@ def _after_anchor(text: str, pos: int, segs: list[tuple[int, int, str]], last_gr
     in_sentence = [s for s in segs if pos <= s[0] < stop]
     if in_sentence:
         groups = _groups(text, in_sentence)
-        return _join(groups[-1] if last_group else groups[0])
-    return _plain_value(text[pos:stop])
+        return _join(groups[-1] if last_group else groups[0]) or None
+    value = _plain_value(text[pos:stop])
+    return _tidy(value) if value else None
 
 
 def _tidy(value: str) -> str | None:
@@ -189,14 +192,12 @@ def unboxed_answer(text: str | None) -> str | None:
     segs = math_segments(text)
     for anchor_re, last_group in ((_FINAL_RE, False), (_ANSWER_RE, False), (_HASHES_RE, False),
                                   (_CONCLUSION_RE, True)):
-        for m in reversed(list(anchor_re.finditer(text))):
+        for m in list(anchor_re.finditer(text))[::-1][:_MAX_ANCHORS]:
             if any(s[0] < m.start() < s[1] for s in segs):
                 continue  # a word inside math (`\text{so}`) is no anchor
             value = _after_anchor(text, m.end(), segs, last_group)
             if value:
-                value = _tidy(value)
-                if value:
-                    return value
+                return value
     return _last_resort(text, segs)
 
 
@@ -206,7 +207,7 @@ def _last_resort(text: str, segs: list[tuple[int, int, str]]) -> str | None:
     para_start = body.rfind("\n\n") + 1
     tail_segs = [s for s in segs if s[0] >= para_start]
     if tail_segs:
-        return _tidy(_join(_groups(text, tail_segs)[-1]))
+        return _join(_groups(text, tail_segs)[-1]) or None
     last_sentence = body[max(body.rfind("\n"), 0):]
     numbers = list(_NUMBER_RE.finditer(last_sentence))
     if numbers and not last_sentence[numbers[-1].end():].strip(" .!*)"):
