@@ -29,12 +29,13 @@ from .forms import answer_form, compare
 from .normalize import is_dangerous, normalize_answer, parse_number
 from .numeric import MALFORMED, NOT_NUMERIC, TOO_BIG, evaluate
 
-__all__ = ["ROUNDING_REL_TOL", "decimal_rounds", "fast_grade", "normalized_pair", "symbolic_grade"]
+__all__ = ["MIN_SIG_DIGITS", "ROUNDING_REL_TOL", "decimal_rounds", "fast_grade", "normalized_pair", "symbolic_grade"]
 
 log = logging.getLogger(__name__)
 
 _REL_TOL = 1e-9
-ROUNDING_REL_TOL = 1e-4  # a rounded decimal must be this close (relative) to the exact value it stands for
+ROUNDING_REL_TOL = 1e-4  # a rounded decimal must be this close (relative) to the exact value it stands for...
+MIN_SIG_DIGITS = 4  # ...unless it is the correct rounding to at least this many significant digits
 _DECIMAL_RE = re.compile(r"^[+-]?\d*\.(\d+)$")
 _BASE_RE = re.compile(r"^(\d+)_\{?(\d+)\}?$")  # `1011_2`: a number written in base 2 (MATH number theory)
 
@@ -48,14 +49,18 @@ def _places(text: str) -> int | None:
     return len(m.group(1)) if m else None
 
 
-def decimal_rounds(places: int, written: float | Fraction, exact: float | Fraction) -> bool:
-    """Is ``written`` (a decimal with ``places`` digits after the point) a rounding of ``exact``?
+def decimal_rounds(places: int, written: float | Fraction, exact: float | Fraction, sig_digits: int = 0) -> bool:
+    """Is ``written`` (a decimal with ``places`` digits after the point, ``sig_digits`` significant ones) a rounding
+    of ``exact``?
 
-    Yes when it is within one unit of its last digit (rounded or truncated) AND within ``ROUNDING_REL_TOL`` relative,
-    and ``exact`` itself needs more than ``places + 2`` decimals (so ``1000.1`` never stands for ``1000``, nor
-    ``12.5`` for ``12.49``: both are exact decimals that differ). Where it comes from: models turn ``\frac{1}{12}`` into
-    ``0.0833333`` and ``\frac83`` into ``2.6667``; the Qwen2.5-Math / ToRA graders accept 1e-4 relative, math-verify
-    rounds to 6 places.
+    Yes when ``exact`` needs more than ``places + 2`` decimals (so ``1000.1`` never stands for ``1000``, nor ``12.5``
+    for ``12.49``: both are exact decimals that differ) and either
+    - it is the correct rounding to at least ``MIN_SIG_DIGITS`` significant digits (``0.1667`` for 1/6, ``33.33`` for
+      100/3), or
+    - it is within one unit of its last digit (rounded or truncated) and ``ROUNDING_REL_TOL`` relative (``2.6667``).
+    So ``3.14`` / ``0.333`` / ``2.67`` (three digits) never stand for pi, 1/3, 8/3. Where it comes from: models turn
+    ``\frac{1}{12}`` into ``0.0833333`` and ``\frac83`` into ``2.6667``; the Qwen2.5-Math / ToRA graders accept 1e-4
+    relative, math-verify rounds to 6 places.
     """
     scale = 10 ** (places + 2)
     if isinstance(exact, Fraction):
@@ -66,20 +71,29 @@ def decimal_rounds(places: int, written: float | Fraction, exact: float | Fracti
         if abs(t - round(t)) <= max(1e-6, abs(t) * 4e-16):  # a float of a short decimal, up to float rounding
             return False
     err = abs(float(written) - float(exact))
-    return err <= 10.0 ** -places * (1 + 1e-9) and err <= ROUNDING_REL_TOL * abs(float(exact))
+    ulp = 10.0 ** -places
+    if sig_digits >= MIN_SIG_DIGITS and err <= ulp * (0.5 + 1e-9):
+        return True
+    return err <= ulp * (1 + 1e-9) and err <= ROUNDING_REL_TOL * abs(float(exact))
+
+
+def _sig_digits(text: str) -> int:
+    digits = text.lstrip("+-").replace(".", "").lstrip("0")
+    return len(digits)
 
 
 def _rounding_match(x: str, vx, xp: bool, y: str, vy, yp: bool) -> bool:
     """One side a written decimal that rounds the other (of two decimals, the one with fewer digits is the rounded
     one); percent flags also try value / 100."""
-    sides = ((_places(x), vx, xp), (_places(y), vy, yp))
+    sides = ((_places(x), vx, xp, x), (_places(y), vy, yp, y))
     for i in (0, 1):
-        (places, value, pct), (other_places, other, other_pct) = sides[i], sides[1 - i]
+        (places, value, pct, text), (other_places, other, other_pct, _) = sides[i], sides[1 - i]
         if places is None or (other_places is not None and other_places < places):
             continue
+        sig = _sig_digits(text)
         for written, digits in ((value, places),) + (((value / 100, places + 2),) if pct else ()):
             for exact in (other,) + ((other / 100,) if other_pct else ()):
-                if decimal_rounds(digits, written, exact):
+                if decimal_rounds(digits, written, exact, sig):
                     return True
     return False
 

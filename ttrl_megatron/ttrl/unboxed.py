@@ -7,13 +7,15 @@ $5$. I hope it is correct.", chat models that end with "Therefore $x \\geq 5$." 
 1. "final answer" followed (within the sentence) by a value;
 2. the word "answer" followed by ``is`` / ``:`` / ``=`` / ``**`` or directly by math (``Answer $9$``);
 3. GSM8K's ``#### value``;
-4. a conclusion word (therefore, thus, hence, so, consequently, in conclusion, in total) whose sentence holds a value;
+4. a conclusion word (therefore, thus, hence, so, consequently, in conclusion, in total) whose sentence holds a value
+   (the first math after the sentence's last "is" / "are" / "equals" / ":", else its last math);
 5. the last math expression of the final paragraph, else a number at the very end of the response.
 
 Within a level the rightmost anchor that yields a value wins. A value is the first math expression after the anchor
 (together with the ones joined to it by ``,`` / ``and`` / ``or``: "$x = 1$ or $x = 2$" is a list), or, for conclusion
 sentences, the last such group of the sentence; without math, the plain text after the anchor's last ``is`` / ``:`` /
-``=`` up to the end of the sentence (it must hold a digit or be one short token: ``B``, ``Yes``). Then a computation
+``=`` up to the end of the sentence (a number or short expression with at most two unit words, or one short token:
+``B``, ``Yes``; from a longer phrase, "there are 15 ways", its first number). Then a computation
 chain keeps its result (``3 \\times 3 = 9`` -> ``9``, ``a = b = 5`` -> ``5``) and an approximation is dropped
 (``\\frac{1}{12} \\approx 0.083`` -> ``\\frac{1}{12}``).
 
@@ -37,7 +39,11 @@ _CONCLUSION_RE = re.compile(r"\b(?:therefore|thus|hence|so|consequently|in\s+con
 _SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)|\n")
 _LAST_SEP_RE = re.compile(r"(?:\bis\b|:|=)")
 _CONNECTOR_RE = re.compile(r"^\s*(?:,|;|,?\s*(?:and|or)\b|\\quad|&)?\s*$", re.I)
-_NUMBER_RE = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?%?")
+_NUMBER_RE = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?%?")
+# a plain value: a number or short expression, optionally followed by up to two unit words ("12 apples", "(B)", "3/4")
+_VALUE_RE = re.compile(r"^[-+$(]*[\w\\{}^/.,()+*-]*\d[\w\\{}^/.,()+*%-]*(?:\s+[A-Za-z]+\.?){0,2}$")
+# words after which a conclusion states its value: "the minimum value is $-\frac14$, attained at $x=\frac12$"
+_VERB_RE = re.compile(r"\b(?:is|are|equals?|be|was|were)\b|:", re.I)
 _LETTER_CMD_RE = re.compile(r"\\[A-Za-z]+")
 
 
@@ -45,7 +51,8 @@ def math_segments(text: str) -> list[tuple[int, int, str]]:
     """``(start, end, content)`` of every math span: ``$$..$$``, ``\\[..\\]``, ``\\(..\\)`` and ``$..$``.
 
     Inline dollars follow pandoc's rule (an opening ``$`` is followed by a non-space, a closing one is preceded by a
-    non-space and not followed by a digit) so prices such as "$5 and $10" are not math; ``\\$`` is a dollar sign.
+    non-space and not followed by a digit) and a ``$`` after a space ends the attempt (it opens the next span), so
+    prices such as "$5 and $10" are not math; ``\\$`` is a dollar sign.
     """
     out: list[tuple[int, int, str]] = []
     i, n = 0, len(text)
@@ -94,7 +101,9 @@ def _inline_close(text: str, start: int) -> int:
         if text[k - 1] == "\\":  # `\$` inside math is a dollar sign
             j = k + 1
             continue
-        if not text[k - 1].isspace() and not (k + 1 < len(text) and text[k + 1].isdigit()):
+        if text[k - 1].isspace():
+            return -1  # ` $` opens the next span rather than closing this one: "$5 and $10" is prices, not math
+        if not (k + 1 < len(text) and text[k + 1].isdigit()):
             return k
         j = k + 1
     return -1
@@ -123,17 +132,19 @@ def _join(group: list[tuple[int, int, str]]) -> str:
 
 
 def _plain_value(window: str) -> str | None:
-    """The value in plain text: after the last ``is`` / ``:`` / ``=``, trimmed; None when it does not look like one."""
+    """The value in plain text: after the last ``is`` / ``:`` / ``=``, trimmed; None when it does not look like one.
+    A value that is a phrase ("there are 15 ways", "might be 7, but ...") gives its first number."""
     cut = None
     for m in _LAST_SEP_RE.finditer(window):
         cut = m.end()
-    value = (window[cut:] if cut is not None else window).strip().strip("*").strip()
+    value = (window[cut:] if cut is not None else window).strip().strip("*,").strip()
     value = value.rstrip(".,;:!").strip()
     if not value or len(value) > 80:
         return None
-    if any(ch.isdigit() for ch in value) or (len(value.split()) == 1 and len(value) <= 20):
+    if _VALUE_RE.match(value) or (len(value.split()) == 1 and len(value) <= 20):
         return value
-    return None
+    number = _NUMBER_RE.search(value)
+    return number.group(0).rstrip(",") if number else None
 
 
 def _after_anchor(text: str, pos: int, segs: list[tuple[int, int, str]], last_group: bool) -> str | None:
@@ -149,9 +160,22 @@ def _after_anchor(text: str, pos: int, segs: list[tuple[int, int, str]], last_gr
     in_sentence = [s for s in segs if pos <= s[0] < stop]
     if in_sentence:
         groups = _groups(text, in_sentence)
-        return _join(groups[-1] if last_group else groups[0]) or None
+        if not last_group:
+            return _join(groups[0]) or None
+        verb = _last_verb(text, pos, stop, in_sentence)
+        after = [g for g in groups if verb is not None and g[0][0] >= verb]
+        return _join(after[0] if after else groups[-1]) or None
     value = _plain_value(text[pos:stop])
     return _tidy(value) if value else None
+
+
+def _last_verb(text: str, pos: int, stop: int, segs: list[tuple[int, int, str]]) -> int | None:
+    """End of the last "is" / "are" / "equals" / ":" of ``text[pos:stop]`` outside math, or None."""
+    last = None
+    for m in _VERB_RE.finditer(text, pos, stop):
+        if not any(s[0] <= m.start() < s[1] for s in segs):
+            last = m.end()
+    return last
 
 
 def _tidy(value: str) -> str | None:

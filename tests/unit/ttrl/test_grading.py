@@ -135,3 +135,24 @@ def test_bounded_evaluator():
         assert evaluate(junk, True) == MALFORMED, junk
     for undefined in ("1/0", r"\sqrt{-1}", "2.5!"):
         assert evaluate(undefined) == NOT_NUMERIC, undefined
+
+
+HOSTILE_RESPONSES = [
+    "Therefore $" + "{" * 25_000 + "1" + "}" * 25_000 + "$.",
+    "The answer is $9^{9^{9}}$.",
+    r"So $\boxed{((10^{9})!)!}$ and $\boxed{2^{2^{2^{2^{2}}}}}$.",
+    "so $x=1$. " * 5000,
+    r"\boxed{" + ",".join(["1"] * 5000) + "}",
+    r"Thus $x \geq 9^{9^{9}}$ or $x < (10^9)!$.",
+]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_RESPONSES, ids=lambda s: repr(s[:24]))
+def test_score_response_on_hostile_responses_returns_fast_from_a_thread(hostile):
+    from ttrl_megatron.ttrl import score_response
+
+    for extraction in ("boxed", "any"):
+        for label in ("5", "1, 2", r"x \geq 5"):
+            value, elapsed = _run_in_thread(lambda: score_response(hostile, label, extraction, timeout_s=1.0))
+            assert value is False
+            assert elapsed < 1.0 + 3.0  # in-process guards, or the worker deadline plus kill/poll overhead
