@@ -1,4 +1,4 @@
-"""Answer equivalence: the in-process fast grader and the symbolic grader that runs in worker processes.
+r"""Answer equivalence: the in-process fast grader and the symbolic grader that runs in worker processes.
 
 Order of checks (algorithms-semantics §2.4 keeps "string match, then symbolic"; PLATFORM.md "math-verify 0.9.0"):
 1. ``fast_grade`` (this process, pure Python, bounded time): normalized strings equal -> True; an answer that is too
@@ -50,7 +50,7 @@ def _places(text: str) -> int | None:
 
 
 def decimal_rounds(places: int, written: float | Fraction, exact: float | Fraction, sig_digits: int = 0) -> bool:
-    """Is ``written`` (a decimal with ``places`` digits after the point, ``sig_digits`` significant ones) a rounding
+    r"""Is ``written`` (a decimal with ``places`` digits after the point, ``sig_digits`` significant ones) a rounding
     of ``exact``?
 
     Yes when ``exact`` needs more than ``places + 2`` decimals (so ``1000.1`` never stands for ``1000``, nor ``12.5``
@@ -141,7 +141,7 @@ def _scalar(x: str, xp: bool, y: str, yp: bool) -> bool | None:
 
 
 def _fast_relation(op: str, lhs1: str, rhs1: str, lhs2: str, rhs2: str) -> bool | None:
-    """Two relations ``lhs op rhs``: False when ``lhs - rhs`` of one is not a constant multiple of the other's at
+    r"""Two relations ``lhs op rhs``: False when ``lhs - rhs`` of one is not a constant multiple of the other's at
     generic points (a positive multiple for ``<`` / ``\leq``); None when it is (the symbolic grader confirms)."""
     if (lhs1, rhs1) == (lhs2, rhs2):
         return True
@@ -243,6 +243,7 @@ WARMUP_PAIRS = (
     ("[1,3)", "(1,3]"), ("(2,-1)", "(-1,2)"), (r"\{1,2\}", "1,2"), (r"\text{B}", "B"), ("2^{10}", "1024"),
     (r"\sqrt[3]{27}", "3"), (r"\binom{5}{2}", "10"), ("5!", "120"), (r"-\infty", r"\infty"), (r"\sin^2x", "1"),
     ("y=2x+3", "2x+3"), (r"\frac{a}{b}", "a/b"), (r"1.5\times10^{3}", "1500"), (r"\log_2 8", "3"),
+    ("2x+4y-3=0", r"y=-\frac{1}{2}x+\frac{3}{4}"),  # relations: latex2sympy + simplify of a ratio (forms.py)
 )
 
 
@@ -270,7 +271,7 @@ def _symbolic_scalar(given_norm: str, truth_norm: str) -> bool:
 
 
 def _sympy_relation(op: str, lhs1: str, rhs1: str, lhs2: str, rhs2: str) -> bool:
-    """``lhs1 - rhs1`` is a non-zero constant multiple of ``lhs2 - rhs2`` (positive for ``<`` / ``\leq``)."""
+    r"""``lhs1 - rhs1`` is a non-zero constant multiple of ``lhs2 - rhs2`` (positive for ``<`` / ``\leq``)."""
     import sympy
     from latex2sympy2_extended import latex2sympy
 

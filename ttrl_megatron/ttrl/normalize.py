@@ -1,4 +1,4 @@
-"""String normalization of final answers, exact number parsing, and the "too dangerous to evaluate" guard.
+r"""String normalization of final answers, exact number parsing, and the "too dangerous to evaluate" guard.
 
 Normalization follows the MATH grader's ``_strip_string`` (Hendrycks et al. 2021) in spirit, rewritten and extended
 for what policies actually write (each rule below names where it comes from in practice):
