@@ -49,6 +49,9 @@ _DELETE = ("\\left", "\\right", "\\displaystyle", "\\bigl", "\\bigr", "\\Bigl", 
 _SPACES_RE = re.compile(r"(?<!\\)\\[,;: ]|[~\n\t]")  # spacing macros; the `\ ` of a `\\ ` row break is not one
 _UNICODE = (("−", "-"), ("–", "-"), ("×", "\\times "), ("·", "\\cdot "), ("≤", "\\leq "), ("≥", "\\geq "),
             ("≠", "\\neq "), ("∈", "\\in "), ("∪", "\\cup "), ("∞", "\\infty "), ("π", "\\pi "), ("÷", "\\div "))
+# vectors in angle brackets (MATH precalculus) are tuples; the spellings of the empty set and of the reals agree
+_NOTATION = (("\\langle", "("), ("\\rangle", ")"), ("\\varnothing", "\\emptyset"), ("\\{\\}", "\\emptyset"),
+             ("\\mathbb{R}", "(-\\infty,\\infty)"), ("\\mathbb R", "(-\\infty,\\infty)"))
 _JSON_ESCAPED_RE = re.compile(r"\\\\[A-Za-z{}]")
 _SINGLE_CMD_RE = re.compile(r"(?<!\\)\\[A-Za-z{}]")
 # Thousands separators that only typesetting produces: `,\!` `{,}` `\,` `,\,` between a digit and three digits.
@@ -134,6 +137,10 @@ def normalize_answer(answer: str) -> Normalized:
             if uni in s:
                 s = s.replace(uni, tex)
     s = s.replace("\\left.", "").replace("\\right.", "")
+    if "\\" in s:
+        for tex, canon in _NOTATION:
+            if tex in s:
+                s = s.replace(tex, canon)
     for tok in _DELETE:
         s = s.replace(tok, "")
     macros = "\\" in s
@@ -207,11 +214,16 @@ _DEC_RE = re.compile(r"^[+-]?(?:\d+\.\d*|\.\d+)(?:[eE][+-]?\d{1,3})?$")
 _SCI_RE = re.compile(r"^[+-]?\d+[eE][+-]?\d{1,3}$")
 _SLASH_RE = re.compile(r"^([+-]?\d+)/([+-]?\d+)$")
 _FRAC_RE = re.compile(r"^([+-]?)\\frac\{([+-]?(?:\d+\.?\d*|\.\d+))\}\{([+-]?(?:\d+\.?\d*|\.\d+))\}$")
+# `2\frac{1}{2}` (a proper fraction after a whole number) is the mixed number 5/2, as in GSM8K-style answers
+_MIXED_RE = re.compile(r"^([+-]?)(\d+)\\frac\{(\d+)\}\{(\d+)\}$")
+# `0.\overline{3}`, `1.2\overline{45}`: repeating decimals (MATH number theory)
+_REPEATING_RE = re.compile(r"^([+-]?)(\d*)\.(\d*)\\overline\{(\d{1,20})\}$")
 
 
 @lru_cache(maxsize=1 << 16)
 def parse_number(text: str) -> Fraction | None:
-    """Exact rational value of a normalized plain number (``-3``, ``0.25``, ``1e3``, ``3/4``, ``-\\frac{3}{4}``), else None."""
+    """Exact rational value of a normalized plain number (``-3``, ``0.25``, ``1e3``, ``3/4``, ``-\\frac{3}{4}``, the
+    mixed number ``2\\frac{1}{2}``, the repeating decimal ``0.\\overline{3}``), else None."""
     if not text or len(text) > 200:
         return None
     try:
@@ -226,6 +238,16 @@ def parse_number(text: str) -> Fraction | None:
             if den == 0:
                 return None
             return -num / den if m.group(1) == "-" else num / den
+        m = _MIXED_RE.match(text)
+        if m and 0 < int(m.group(3)) < int(m.group(4)):
+            value = int(m.group(2)) + Fraction(int(m.group(3)), int(m.group(4)))
+            return -value if m.group(1) == "-" else value
+        m = _REPEATING_RE.match(text)
+        if m:
+            sign, whole, fixed, rep = m.groups()
+            value = Fraction(int(whole or 0)) + (Fraction(int(fixed), 10 ** len(fixed)) if fixed else 0)
+            value += Fraction(int(rep), 10 ** len(fixed) * (10 ** len(rep) - 1))
+            return -value if sign == "-" else value
     except (ValueError, ZeroDivisionError):
         return None
     return None

@@ -48,6 +48,9 @@ KINDS: dict[str, str] = {
     "unboxed": "no box at all: GSM8K few-shot ('The answer is 42', '#### 42'), Minerva-format ('Final Answer: The "
                "final answer is $5$. I hope it is correct.'), chat models without a box instruction ('Therefore "
                "$x \\geq 5$.', '**Answer:** 9')",
+    "notation": "other spellings of one value: mixed numbers ('2\\frac{1}{2}', GSM8K-style chat answers), repeating "
+                "decimals ('0.\\overline{3}', MATH number theory), angle-bracket vectors ('\\langle 1, 2 \\rangle', "
+                "MATH precalculus), the empty set and the reals ('\\varnothing', '\\mathbb{R}')",
     "basics": "everyday MATH/GSM8K forms that must keep working: fractions vs decimals, units, money, percent, "
               "multiple choice, surds, multiples of pi, intervals, ordered pairs",
 }
@@ -184,6 +187,16 @@ CASES: list[Case] = [
     Case("unboxed", "Therefore $x > 5$.", r"x \geq 5", False),
     Case("unboxed", "I could not finish the computation.", "3", False),
     Case("unboxed", "#### 7", "8", False),
+    # --- notation
+    Case("notation", B(r"2\frac{1}{2}"), "2.5", True),
+    Case("notation", B(r"0.\overline{3}"), r"\frac{1}{3}", True),
+    Case("notation", B(r"1.2\overline{45}"), r"\frac{137}{110}", True),
+    Case("notation", B(r"\left\langle 1, -2 \right\rangle"), "(1, -2)", True),
+    Case("notation", B(r"\varnothing"), r"\emptyset", True),
+    Case("notation", B(r"x \in \mathbb{R}"), r"(-\infty, \infty)", True),
+    Case("notation", B(r"2\frac{1}{2}"), "1", False),  # a mixed number, not 2 times 1/2
+    Case("notation", B(r"0.\overline{3}"), "0.3", False),
+    Case("notation", B(r"\langle 1, -2 \rangle"), "(-2, 1)", False),
     # --- basics
     Case("basics", B(r"\frac{1}{2}"), "0.5", True),
     Case("basics", B(r"\dfrac{3}{4}"), "0.75", True),

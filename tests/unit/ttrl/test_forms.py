@@ -19,6 +19,8 @@ NORMALIZED = [  # (raw, normalized text)
     ("x != 3", r"x\neq3"), ("x ≤ 2", r"x\leq2"), ("−3", "-3"), (r"-2 \le x \le 7", r"-2\leq x\leq7"),
     (r"2\pi r", r"2\pi r"), ("y = 2x+3", "y=2x+3"), (r"x = \dfrac12", r"\frac{1}{2}"), (r"x = 1, 2", "1,2"),
     (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\begin{pmatrix}1&2\\3&4\end{pmatrix}"),
+    (r"\langle 1, 2 \rangle", "(1,2)"), (r"\varnothing", r"\emptyset"), (r"\{\}", r"\emptyset"),
+    (r"\mathbb{R}", r"(-\infty,\infty)"),
 ]
 
 
@@ -74,6 +76,17 @@ def test_list_valued_labels():
 ])
 def test_decimal_rounding_rule(places, written, exact, sig, ok):
     assert decimal_rounds(places, written, exact, sig) is ok
+
+
+def test_exact_values_of_special_notations():
+    from ttrl_megatron.ttrl.normalize import parse_number
+
+    assert parse_number(r"2\frac{1}{2}") == Fraction(5, 2)
+    assert parse_number(r"-3\frac{1}{4}") == Fraction(-13, 4)
+    assert parse_number(r"3\frac{5}{2}") is None  # not a proper fraction: not a mixed number
+    assert parse_number(r"0.\overline{3}") == Fraction(1, 3)
+    assert parse_number(r"1.2\overline{45}") == Fraction(137, 110)
+    assert parse_number(r".\overline{142857}") == Fraction(1, 7)
 
 
 def test_percent_and_rounding_together():
