@@ -5,8 +5,8 @@ several boxes. Where that comes from: chat models box each solution (``\\boxed{1
 (``x = \\boxed{3}, y = \\boxed{4}``) or each part (``\\boxed{6} papers and \\boxed{8} bins``).
 - ``response_answer`` (voting): the boxes of the FINAL RUN joined as a list ``a, b`` when there are several, else
   the last box. A run is a sequence of boxes separated only by short connecting text (``,``, ``and``, ``or``, math
-  delimiters, a label like ``y =``, a unit word) with no sentence end and no reasoning word ("we get", "so",
-  "therefore"...) between them, so "An intermediate value is $\\boxed{3}$. ... the final answer is $\\boxed{5}$"
+  delimiters, a label like ``y =``, a unit word) with no sentence end, no reasoning word ("we get", "so", "giving",
+  "therefore"...) and no operation (``m + n = \\boxed{10}`` is a result) between them, so "An intermediate value is $\\boxed{3}$. ... the final answer is $\\boxed{5}$"
   still answers ``5``. Identical boxes of a run count once.
 - ``answer_for_label`` (rewards, metrics): against a scalar label, the last box (the seed's rule); against a label
   with several values (``forms.is_list_valued``: a list, set, tuple or ``\\pm`` pair of n values), the last box
@@ -31,13 +31,16 @@ __all__ = ["answer_for_label", "response_answer"]
 _MAX_JOIN_GAP = 60  # characters of connecting text allowed between two boxes of one run
 _MAX_RUN = 32  # a "run" of more boxes than this is degenerate output: the last box alone is the answer
 _SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)|\n\s*\n")
-_REASONING_RE = re.compile(r"\b(?:we|get|gives?|is|are|was|were|then|so|thus|therefore|hence|since|because|which|"
-                           r"where|implies|yields?|obtain|find|have|has|becomes?|equals|substitut\w*|using|from|"
-                           r"if|when|let|but|check|verify|note|step)\b", re.I)
+_REASONING_RE = re.compile(r"\b(?:we|get|giv\w*|is|are|was|were|then|so|thus|therefore|hence|since|because|which|"
+                           r"where|impl\w*|yield\w*|obtain|find|have|has|becom\w*|equals?|substitut\w*|using|from|"
+                           r"if|when|let|but|check|verify|note|step|total|sum|answer|final|result)\b", re.I)
+# an operation in the text before a box means the box is a computed result (`m + n = \boxed{10}`), not a list item
+_OPERATION_RE = re.compile(r"[+*/^]|\\(?:cdot|times|frac|div)(?![A-Za-z])")
 
 
 def _joinable(gap: str) -> bool:
-    return len(gap) <= _MAX_JOIN_GAP and not _SENTENCE_END_RE.search(gap) and not _REASONING_RE.search(gap)
+    return (len(gap) <= _MAX_JOIN_GAP and not _SENTENCE_END_RE.search(gap) and not _REASONING_RE.search(gap)
+            and not _OPERATION_RE.search(gap))
 
 
 def _dedupe(contents: list[str]) -> list[str]:

@@ -17,6 +17,8 @@ VOTE_CASES = [  # (response, answer it votes for)
     (r"$\boxed{2}$ (that is, $\boxed{2}$)", "2"),  # a restated box counts once
     ("An intermediate value is $\\boxed{3}$. Then the answer is $\\boxed{5}$.", "5"),  # a sentence apart
     (r"Since $\boxed{a=2}$, we get $\boxed{7}$", "7"),  # a reasoning word apart
+    (r"So $m = \boxed{3}$ and $n = \boxed{7}$, giving $m+n = \boxed{10}$.", "10"),  # AIME-style: a computed result
+    (r"So $m = \boxed{3}$ and $n = \boxed{7}$, and $m+n = \boxed{10}$.", "10"),  # an operation before the box
     ("$\\boxed{1}$\n\nso finally $\\boxed{2}$", "2"),
     (r"\boxed{1} then \boxed{}", None),  # the final box is empty: no answer (the seed's rule)
     ("no box here", None),
