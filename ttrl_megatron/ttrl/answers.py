@@ -74,8 +74,8 @@ def response_answer(text: str | None, extraction: str = "boxed") -> str | None:
         check_extraction(extraction)
     if not isinstance(text, str) or not text:
         return None
-    if text.count("\\boxed") + text.count("\\fbox") <= 1:  # the common case: at most one box
-        return extract_answer(text, extraction)
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return unboxed_answer(text) if extraction == "any" else None
     spans = boxed_spans(text)
     if not spans:
         return unboxed_answer(text) if extraction == "any" else None

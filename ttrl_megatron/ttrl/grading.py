@@ -188,6 +188,8 @@ def _fast(x: str, xp: bool, y: str, yp: bool) -> bool | None:
         return True
     if not x or not y or is_dangerous(x) or is_dangerous(y):
         return False
+    if parse_number(x) is not None and parse_number(y) is not None:
+        return _scalar(x, xp, y, yp)  # the common case, no structure to read
     fx, fy = answer_form(x), answer_form(y)
     if fx[0] == "s" and fy[0] == "s":
         return _scalar(x, xp, y, yp)

@@ -61,6 +61,7 @@ _RELATIONS = ((re.compile(r"\\geq?slant|\\geq?(?![A-Za-z])|>="), "\\geq "),
               (re.compile(r"\\leq?slant|\\leq?(?![A-Za-z])|<="), "\\leq "),
               (re.compile(r"\\neq?(?![A-Za-z])|\\not\s*=|!="), "\\neq "),
               (re.compile(r"\\gt(?![A-Za-z])"), ">"), (re.compile(r"\\lt(?![A-Za-z])"), "<"))
+_RELATION_HINT_RE = re.compile(r"\\(?:[gl][et]|ne|not)|[<>!]=")
 _TEXT_MACROS = r"text|textbf|textit|textrm|textnormal|textup|mathrm|mathbf|mathit|mathsf|boldsymbol|mbox|operatorname"
 _TEXT_RE = re.compile(r"\\(?:" + _TEXT_MACROS + r")\s*\{([^{}]*)\}")
 _TEXT_CONNECTOR_RE = re.compile(r"\\(?:" + _TEXT_MACROS + r")\s*\{\s*(and|or|,|;)\s*\}", re.I)
@@ -144,11 +145,14 @@ def normalize_answer(answer: str) -> Normalized:
     for tok in _DELETE:
         s = s.replace(tok, "")
     macros = "\\" in s
-    if macros or "{" in s:
+    if "," in s or "\\;" in s:
         s = _TEX_THOUSANDS_RE.sub("", s)
-        s = _DECIMAL_COMMA_RE.sub(".", s).replace("\\!", "")
+    if "{,}" in s:
+        s = _DECIMAL_COMMA_RE.sub(".", s)
     if macros:
-        s = _TEXT_CONNECTOR_RE.sub(lambda m: " " + m.group(1) + " ", s)
+        s = s.replace("\\!", "")
+        if "and" in s or "or" in s or "AND" in s or "OR" in s or "{,}" in s or "{;}" in s:
+            s = _TEXT_CONNECTOR_RE.sub(lambda m: " " + m.group(1) + " ", s)
         if "quad" in s:
             s = _QUAD_UNIT_RE.sub(" ", s)
             s = _QUAD_RE.sub(" ; ", s)
@@ -157,7 +161,7 @@ def normalize_answer(answer: str) -> Normalized:
     for tok in _DEGREES:
         s = s.replace(tok, "")
     s = s.replace("\\$", "").replace("$", "").replace("{,}", "").replace("+\\infty", "\\infty")
-    if macros or "=" in s:
+    if _RELATION_HINT_RE.search(s):
         for pattern, repl in _RELATIONS:
             s = pattern.sub(lambda _m, r=repl: r, s)
     s = s.strip().rstrip(".").strip()

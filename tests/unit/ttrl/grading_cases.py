@@ -95,6 +95,9 @@ CASES: list[Case] = [
     Case("lists", B("2 and -5"), r"\{-5, 2\}", True),
     Case("lists", B(r"x = 1, \quad x = -4"), "-4, 1", True),
     Case("lists", B(r"\frac{1}{2}, -3"), r"-3, \frac12", True),
+    Case("lists", B(r"\frac{\sqrt{2}}{2}, 3"), r"3, \frac{1}{\sqrt{2}}", True),  # items only sympy can match
+    Case("lists", B("(x+1)^2, 2"), "(x^2+2x+1, 2)", True),
+    Case("lists", B(r"\frac{\sqrt{3}}{2}, 3"), r"3, \frac{1}{\sqrt{2}}", False),
     Case("lists", B("1; 2; 3"), "1, 2", False),
     Case("lists", B(r"1 \text{ and } 3"), "1, 2", False),
     Case("lists", B("1, 2"), "(1, 2]", False),  # a list is not an interval
