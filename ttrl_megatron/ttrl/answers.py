@@ -19,6 +19,7 @@ Pure Python: standard library only.
 
 from __future__ import annotations
 
+import logging
 import re
 
 from .extract import box_content, boxed_spans, check_extraction, extract_answer
@@ -27,6 +28,8 @@ from .normalize import normalize_answer
 from .unboxed import unboxed_answer
 
 __all__ = ["answer_for_label", "response_answer"]
+
+log = logging.getLogger(__name__)
 
 _MAX_JOIN_GAP = 60  # characters of connecting text allowed between two boxes of one run
 _MAX_RUN = 32  # a "run" of more boxes than this is degenerate output: the last box alone is the answer
@@ -69,11 +72,20 @@ def _final_run(text: str, spans: list) -> list[str]:
 
 
 def response_answer(text: str | None, extraction: str = "boxed") -> str | None:
-    """The answer a response votes for (see the module docstring); None when it has none."""
+    """The answer a response votes for (see the module docstring); None when it has none. Never raises for a valid
+    ``extraction`` (an unexpected error means "no answer", logged)."""
     if extraction != "boxed":
         check_extraction(extraction)
     if not isinstance(text, str) or not text:
         return None
+    try:
+        return _response_answer(text, extraction)
+    except Exception as exc:
+        log.warning("answer extraction failed on %.80r, counted as no answer: %r", text, exc)
+        return None
+
+
+def _response_answer(text: str, extraction: str) -> str | None:
     if "\\boxed" not in text and "\\fbox" not in text:
         return unboxed_answer(text) if extraction == "any" else None
     spans = boxed_spans(text)
@@ -86,10 +98,19 @@ def response_answer(text: str | None, extraction: str = "boxed") -> str | None:
 
 
 def answer_for_label(text: str | None, label: str | None, extraction: str = "boxed") -> str | None:
-    """The answer of a response to grade against ``label`` (see the module docstring); None when it has none."""
+    """The answer of a response to grade against ``label`` (see the module docstring); None when it has none. Never
+    raises for a valid ``extraction`` (an unexpected error means "no answer", logged)."""
     check_extraction(extraction)
     if not isinstance(text, str) or not text:
         return None
+    try:
+        return _answer_for_label(text, label, extraction)
+    except Exception as exc:
+        log.warning("answer extraction failed on %.80r, counted as no answer: %r", text, exc)
+        return None
+
+
+def _answer_for_label(text: str, label: str | None, extraction: str) -> str | None:
     if text.count("\\boxed") + text.count("\\fbox") <= 1:
         return extract_answer(text, extraction)
     spans = boxed_spans(text)

@@ -48,7 +48,7 @@ _ARRAY_RE = re.compile(r"^[(\[]?\\begin\{array\}(?:\{[^{}]*\})?(.*)\\end\{array\
 # A name on the left of `=`: a letter with an optional subscript / primes, or a function value `f(x)`.
 _NAME_RE = re.compile(r"^[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?'*(?:\([A-Za-z](?:,[A-Za-z])*\))?$")
 _TUPLE_NAME_RE = re.compile(r"^\([A-Za-z](?:_\{?\w+\}?)?(?:,[A-Za-z](?:_\{?\w+\}?)?)+\)$")
-_STRUCTURE_RE = re.compile(r"[,=<>&]|\\(?:pm|mp|cup|in|begin|leq|geq|neq)(?![A-Za-z])")
+_STRUCTURE_RE = re.compile(r"[,=<>&]|\\\{|\\(?:pm|mp|cup|in|begin|leq|geq|neq)(?![A-Za-z])")
 _RELATION_RE = re.compile(r"\\(?:leq|geq|neq|in)(?![A-Za-z])|[<>=]")
 _FLIP = {">": "<", "\\geq": "\\leq", "<": ">", "\\leq": "\\geq"}
 _INF = "\\infty"
@@ -118,10 +118,10 @@ def _brackets(text: str) -> tuple[str, str]:
 def answer_form(text: str) -> tuple:
     """The structure of a normalized answer (see the module docstring). Never raises."""
     if not text or len(text) > MAX_EVAL_LEN or not _STRUCTURE_RE.search(text):
-        return ("s", text)  # no separator, relation, bracket pair, plus-minus or environment: a scalar
+        return ("s", text)  # no separator, relation, set, plus-minus, union or environment: a scalar
     try:
         return _form(text, 0)
-    except (RecursionError, ValueError, IndexError):
+    except Exception:  # a structure we misread is still a string that can match itself
         return ("s", text)
 
 

@@ -197,9 +197,14 @@ def _fast(x: str, xp: bool, y: str, yp: bool) -> bool | None:
 
 
 def fast_grade(given: str, ground_truth: str) -> bool | None:
-    """In-process verdict on two raw answers: True / False, or None when only the symbolic grader can tell."""
+    """In-process verdict on two raw answers: True / False, or None when only the symbolic grader can tell.
+    Never raises: an unexpected error leaves the pair to the worker, whose verdict on any error is "not equal"."""
     a, b = normalize_answer(str(given)), normalize_answer(str(ground_truth))
-    return _fast(a.text, a.percent, b.text, b.percent)
+    try:
+        return _fast(a.text, a.percent, b.text, b.percent)
+    except Exception as exc:
+        log.warning("fast grading of %.60r vs %.60r failed, left to the worker: %r", a.text, b.text, exc)
+        return None
 
 
 def normalized_pair(given: str, ground_truth: str) -> tuple[str, str]:
