@@ -141,6 +141,7 @@ class TTRLConfig:
     grade_timeout_s: float = 5.0  # seconds per answer before its grader is killed and it scores 0
     min_majority_ratio: float = 0.0  # consensus filter: skip prompts whose winning answer holds less of the votes; 0 = off
     skip_no_answer: bool = False  # consensus filter: skip prompts whose votes hold no extractable answer (no label)
+    answer_extraction: str = "boxed"  # boxed (last \boxed{}; several boxes = a list) | any (also unboxed conclusions)
 
 
 @dataclass(kw_only=True)

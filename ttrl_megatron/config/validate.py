@@ -84,6 +84,7 @@ def _check_names(cfg: TTRLTrainerConfig) -> list[str]:
     p += _one_of(arr.rollout.sync.on_mismatch, N.ON_MISMATCH, f"{ARR}.rollout.sync.on_mismatch")
     p += _one_of(cfg.reward_model.reward_manager, N.REWARD_MANAGERS, "reward_model.reward_manager")
     p += _one_of(cfg.ttrl.sample_selection, N.SAMPLE_SELECTIONS, "ttrl.sample_selection")
+    p += _one_of(cfg.ttrl.answer_extraction, N.ANSWER_EXTRACTIONS, "ttrl.answer_extraction")
     p += _one_of(cfg.trainer.device, N.DEVICES, "trainer.device")
     p += _one_of(cfg.trainer.resume_mode, N.RESUME_MODES, "trainer.resume_mode")
     p += _one_of(cfg.data.truncation, N.TRUNCATIONS, "data.truncation")

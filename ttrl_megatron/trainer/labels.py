@@ -86,7 +86,7 @@ class RewardStep:
         self.overlong = overlong if overlong is not None and overlong.enable else None
         self.max_response_length = max_response_length
         self.timeout_s = ttrl.grade_timeout_s if ttrl else None
-        self.truth = RuleRewardManager(grader, self.timeout_s)
+        self.truth = RuleRewardManager(grader, self.timeout_s, manager.extraction)
 
     def selection_seed(self, step: int, gen_index: int) -> int:
         """Seed of ``random`` sample selection: ``seed + step`` for the step's first prompt batch (as before dynamic
@@ -105,7 +105,7 @@ class RewardStep:
             # Label every row of the share (n_samples = n_votes keeps all, in order), then keep the rows chosen for
             # the whole batch: the same labels and rows as voting the whole batch with its selection at once.
             local = apply_ttrl_gt(local, self.n_votes, self.n_votes, grader=self.grader, selection="first",
-                                  timeout_s=self.timeout_s)
+                                  timeout_s=self.timeout_s, extraction=self.truth.extraction)
         rows = local[keep]
         out, truth = self.manager(rows), self.truth(rows)
         objects = dict(rows.non_tensor_batch)

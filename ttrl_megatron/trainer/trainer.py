@@ -94,7 +94,7 @@ class TTRLTrainer:
                                        max_tokens=cfg.data.max_response_length, logprobs=True)
         self.validator = Validator(val_loader, rollout.val_kwargs, engine=self.engine, tokenizer=self.tokenizer,
                                    grader=self.grader, seed=rollout.seed, rank=self.rank, world=self.world,
-                                   response_length=cfg.data.max_response_length,
+                                   response_length=cfg.data.max_response_length, extraction=cfg.ttrl.answer_extraction,
                                    dump_dir=tr.validation_data_dir) if val_loader is not None else None
         self.checkpoints = CheckpointManager(
             tr.default_local_dir, hf_source_dir=arr.model.path, max_actor_keep=tr.max_actor_ckpt_to_keep,
@@ -113,7 +113,7 @@ class TTRLTrainer:
         cfg = self.cfg
         return build_reward_manager(cfg.reward_model.reward_manager, grader=self.grader,
                                     timeout_s=cfg.ttrl.grade_timeout_s, custom_path=cfg.custom_reward_function.path,
-                                    custom_name=cfg.custom_reward_function.name)
+                                    custom_name=cfg.custom_reward_function.name, extraction=cfg.ttrl.answer_extraction)
 
     def _setup_advantage(self) -> None:
         """Import the user's estimators/losses (actor_rollout_ref.model.external_lib; every rank and Ray worker runs

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ttrl_megatron.config import ValKwargsConfig
 from ttrl_megatron.rollout.base import SamplingConfig
-from ttrl_megatron.ttrl import compute_validation_metrics, extract_answer, grade_many
+from ttrl_megatron.ttrl import answer_for_label, compute_validation_metrics, grade_many
 
 from .dumps import generation_rows, write_jsonl
 from .assemble import split_evenly
@@ -28,12 +28,12 @@ def val_sampling(val: ValKwargsConfig, max_tokens: int) -> SamplingConfig:
 
 class Validator:
     def __init__(self, loader, val: ValKwargsConfig, *, engine, tokenizer, grader, seed: int, rank: int, world: int,
-                 response_length: int, dump_dir: str | None):
+                 response_length: int, dump_dir: str | None, extraction: str = "boxed"):
         self.loader, self.n = loader, val.n
         self.sampling = val_sampling(val, response_length)
         self.engine, self.tokenizer, self.grader = engine, tokenizer, grader
         self.seed, self.rank, self.world = seed, rank, world
-        self.response_length, self.dump_dir = response_length, dump_dir
+        self.response_length, self.dump_dir, self.extraction = response_length, dump_dir, extraction
 
     def _generate_all(self, step: int) -> tuple[list, list[list[str]], list, list]:
         prompts, responses, truths, sources = [], [], [], []
@@ -53,7 +53,8 @@ class Validator:
         prompts, responses, truths, sources = self._generate_all(step)
         start, end = split_evenly(len(prompts), self.world)[self.rank]
         share = sources[start:end]
-        local = (compute_validation_metrics(responses[start:end], truths[start:end], share, grader=self.grader)
+        local = (compute_validation_metrics(responses[start:end], truths[start:end], share, grader=self.grader,
+                                             extraction=self.extraction)
                  if end > start else {})
         counts = {src: share.count(src) for src in dict.fromkeys(share)}
         metrics = combine_shares(all_gather_objects((local, counts)))
@@ -65,7 +66,7 @@ class Validator:
         flat_prompts = [p for p, rs in zip(prompts, responses) for _ in rs]
         flat = [r for rs in responses for r in rs]
         flat_truths = [t for t, rs in zip(truths, responses) for _ in rs]
-        answers = [extract_answer(r) for r in flat]
+        answers = [answer_for_label(r, t, self.extraction) for r, t in zip(flat, flat_truths)]
         pairs = [(a, str(t)) for a, t in zip(answers, flat_truths) if a is not None and t is not None]
         verdicts = iter(grade_many(pairs, self.grader))
         scores = [float(next(verdicts)) if a is not None and t is not None else 0.0

@@ -26,7 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .voting import Grader, grade_many, vote_many
+from .score import Grader, grade_many, score_responses
+from .voting import vote_many
 
 __all__ = ["pass_at_k", "compute_ttrl_metrics", "ttrl_metrics_from_rows", "compute_validation_metrics", "powers_of_two"]
 
@@ -127,19 +128,17 @@ def compute_ttrl_metrics(batch: Any, majority_scores: Sequence[float], gt_scores
 
 def compute_validation_metrics(responses_per_prompt: Sequence[Sequence[str]], ground_truths: Sequence[str],
                                data_sources: Sequence[str] | None = None, grader: Grader | None = None,
-                               timeout_s: float | None = None) -> dict[str, float]:
-    """``val-core/{data_source}/acc/{mean@n, maj@n, pass@n}`` and ``val-aux/...`` for smaller k (see docstring)."""
-    from .extract import extract_answer
-
+                               timeout_s: float | None = None, extraction: str = "boxed") -> dict[str, float]:
+    """``val-core/{data_source}/acc/{mean@n, maj@n, pass@n}`` and ``val-aux/...`` for smaller k (see docstring).
+    ``extraction``: ``ttrl.answer_extraction`` (``boxed`` | ``any``), used for the per-sample scores and the votes."""
     if len(responses_per_prompt) != len(ground_truths):
         raise ValueError(f"compute_validation_metrics: {len(responses_per_prompt)} prompts but "
                          f"{len(ground_truths)} ground truths")
     sources = list(data_sources) if data_sources is not None else ["unknown"] * len(ground_truths)
-    preds = [[extract_answer(r) for r in rs] for rs in responses_per_prompt]
-    flat = [(p, str(gt)) for ps, gt in zip(preds, ground_truths) for p in ps if p is not None and gt is not None]
-    verdicts = iter(grade_many(flat, grader, timeout_s))
-    correct = [[bool(p is not None and gt is not None and next(verdicts)) for p in ps]
-               for ps, gt in zip(preds, ground_truths)]
+    flat_responses = [r for rs in responses_per_prompt for r in rs]
+    flat_truths = [gt for rs, gt in zip(responses_per_prompt, ground_truths) for _ in rs]
+    verdicts = iter(score_responses(flat_responses, flat_truths, grader, timeout_s, extraction)[1])
+    correct = [[next(verdicts) for _ in rs] for rs in responses_per_prompt]
     per: dict[tuple[str, str, int], list[float]] = defaultdict(list)
     n_max: dict[str, int] = defaultdict(int)
     jobs = []  # (source, k, prompt) for maj@k votes, graded in one batch
@@ -152,7 +151,7 @@ def compute_validation_metrics(responses_per_prompt: Sequence[Sequence[str]], gr
         for k in powers_of_two(n):
             per[(src, "pass", k)].append(pass_at_k(n, sum(acc), k))
             jobs.append((src, k, list(rs[:k]), acc[:k]))
-    votes = vote_many([j[2] for j in jobs], grader, timeout_s)
+    votes = vote_many([j[2] for j in jobs], grader, timeout_s, extraction)
     for (src, k, _, acc), vote in zip(jobs, votes):
         per[(src, "maj", k)].append(float(vote.winner >= 0 and acc[vote.cluster_of.index(vote.winner)]))
     out = {}

@@ -43,10 +43,11 @@ class _TooBig(Exception):
 class _Parser:
     """Recursive descent over tokens; every method returns a float or raises one of the two exceptions."""
 
-    def __init__(self, text: str, variables: bool):
+    def __init__(self, text: str, variables: bool, point: int = 0):
         self.toks = [t for t in _TOKEN_RE.findall(text) if t.strip()]
         self.i = 0
         self.variables = variables
+        self.values = _VAR_POINTS[point % len(_VAR_POINTS)]
         # a token outside the arithmetic this parser knows (\\sin, x_1, |x|, =, ...): failure is then not "malformed"
         self.unknown = any(not _known(t, variables) for t in self.toks)
 
@@ -155,15 +156,18 @@ class _Parser:
         if tok == "\\pi":
             return math.pi
         if self.variables and _is_var(tok):
-            return _VAR_VALUES[tok]
+            return self.values[tok]
         raise _NotNumeric
 
 
 # Fixed, "generic" values for single-letter variables: two different polynomials/rational functions agree at such a
 # point only by accident, and then the symbolic grader still decides (a float match is never a final True).
 # `e`, `i` (and `E`, `I`) are left out: they are usually constants (e^{i\\pi} = -1), so they stay symbolic.
-_VAR_VALUES = {c: 0.5 + ((ord(c) * 0.6180339887498949) % 1.0) * 1.37
-               for c in "abcdfghjklmnopqrstuvwxyzABCDFGHJKLMNOPQRSTUVWXYZ"}
+# Several points (``evaluate(..., point=k)``) let a caller test that two equations are multiples of each other.
+_LETTERS = "abcdfghjklmnopqrstuvwxyzABCDFGHJKLMNOPQRSTUVWXYZ"
+_VAR_POINTS = [{c: 0.5 + ((ord(c) * 0.6180339887498949 * (k + 1) + 0.37 * k) % 1.0) * 1.37 for c in _LETTERS}
+               for k in range(4)]
+_VAR_VALUES = _VAR_POINTS[0]
 _KNOWN_CMDS = {"\\frac", "\\sqrt", "\\pi", "\\binom", "\\div", "\\cdot", "\\times"}
 
 
@@ -202,14 +206,15 @@ def _factorial(x: float) -> float:
 
 
 @lru_cache(maxsize=1 << 16)
-def evaluate(text: str, variables: bool = False) -> float | str:
+def evaluate(text: str, variables: bool = False, point: int = 0) -> float | str:
     """Value of a normalized LaTeX expression, or ``NOT_NUMERIC`` / ``TOO_BIG``. Never raises.
 
     With ``variables=True`` single ASCII letters take fixed generic values (``_VAR_VALUES``), so ``2x+3`` and ``3+2x``
-    evaluate equal and ``2x+3`` and ``2x+4`` do not: a cheap screen before symbolic grading."""
+    evaluate equal and ``2x+3`` and ``2x+4`` do not: a cheap screen before symbolic grading. ``point`` (0-3) picks
+    another set of generic values."""
     if len(text) > 1000:
         return NOT_NUMERIC
-    parser = _Parser(text, variables)
+    parser = _Parser(text, variables, point)
     try:
         return parser.parse()
     except _TooBig:

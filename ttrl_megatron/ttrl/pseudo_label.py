@@ -76,7 +76,8 @@ def select_rollouts(n_prompts: int, n_votes: int, n_samples: int, selection: str
 
 
 def apply_ttrl_gt(batch: Any, n_votes_per_prompt: int, n_samples_per_prompt: int, *, grader: Grader | None = None,
-                  selection: str = "first", seed: int = 0, timeout_s: float | None = None) -> Any:
+                  selection: str = "first", seed: int = 0, timeout_s: float | None = None,
+                  extraction: str = "boxed") -> Any:
     """Vote per prompt over its n_votes rollouts and return the selected B*n_samples rows with pseudo labels.
 
     Args:
@@ -84,6 +85,7 @@ def apply_ttrl_gt(batch: Any, n_votes_per_prompt: int, n_samples_per_prompt: int
         n_votes_per_prompt / n_samples_per_prompt: TTRL's ``ttrl.n_votes_per_prompt`` / ``ttrl.n_samples_per_prompt``.
         grader: a ``GradingPool`` (default: the shared default pool, used only for pairs the fast path cannot decide).
         selection: ``first`` (upstream) or ``random`` (seeded by ``seed``; pass e.g. ``base_seed + step``).
+        extraction: how a response's answer is found (``ttrl.answer_extraction``: ``boxed`` | ``any``).
     Returns:
         A new batch of the selected rows (input untouched), with the written keys above.
     """
@@ -96,7 +98,8 @@ def apply_ttrl_gt(batch: Any, n_votes_per_prompt: int, n_samples_per_prompt: int
     texts = _require(batch, RESPONSE_TEXT, "apply_ttrl_gt", "decoded responses")
     _check_blocks(batch, n_votes)
     n_prompts = len(batch) // n_votes
-    votes = vote_many([list(texts[p * n_votes:(p + 1) * n_votes]) for p in range(n_prompts)], grader, timeout_s)
+    votes = vote_many([list(texts[p * n_votes:(p + 1) * n_votes]) for p in range(n_prompts)], grader, timeout_s,
+                      extraction)
 
     keep = select_rollouts(n_prompts, n_votes, n_samples, selection, seed)
     out = batch[keep]

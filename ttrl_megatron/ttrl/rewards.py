@@ -1,6 +1,7 @@
 """Reward managers: per-row outcome scores for a rollout batch (the value that becomes ``token_level_scores``).
 
-- ``majority``: 1.0 when the row's extracted answer grades equal to the pseudo label
+- ``majority``: 1.0 when the row's answer (``answers.answer_for_label``, ``ttrl.answer_extraction``) grades equal to the
+  pseudo label
   ``reward_model['majority_gt']`` (written by ``apply_ttrl_gt``), else 0.0 (no answer -> 0.0; TTRL's reward).
 - ``rule``: the same against the dataset label (``reward_model['original_gt']`` when present, else ``ground_truth``).
 - ``custom``: a user function from ``custom_reward_function.path`` / ``.name`` with verl's signature
@@ -24,8 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .extract import extract_answer
-from .voting import Grader, grade_many
+from .extract import check_extraction
+from .score import Grader, score_responses
 
 __all__ = ["RewardOutput", "MajorityRewardManager", "RuleRewardManager", "CustomRewardManager",
            "build_reward_manager", "load_custom_reward_function", "REWARD_MANAGERS"]
@@ -50,12 +51,14 @@ def _column(batch: Any, key: str, who: str) -> np.ndarray:
 
 
 class _GradedRewardManager:
-    """Shared body of ``majority`` and ``rule``: extract, grade against a label column, 0/1 scores."""
+    """Shared body of ``majority`` and ``rule``: extract, grade against a label column, 0/1 scores.
+    ``extraction``: ``ttrl.answer_extraction`` (``boxed`` | ``any``), see ``answers.py``."""
 
     name = ""
 
-    def __init__(self, grader: Grader | None = None, timeout_s: float | None = None):
-        self.grader, self.timeout_s = grader, timeout_s
+    def __init__(self, grader: Grader | None = None, timeout_s: float | None = None, extraction: str = "boxed"):
+        check_extraction(extraction)
+        self.grader, self.timeout_s, self.extraction = grader, timeout_s, extraction
 
     def target(self, reward_model: Any, row: int) -> Any:
         raise NotImplementedError
@@ -63,12 +66,8 @@ class _GradedRewardManager:
     def __call__(self, batch: Any) -> RewardOutput:
         texts = _column(batch, "response_text", self.name)
         rms = _column(batch, "reward_model", self.name)
-        preds = [extract_answer(t) if isinstance(t, str) else None for t in texts]
         targets = [self.target(rm, i) for i, rm in enumerate(rms)]
-        rows = [i for i, (p, t) in enumerate(zip(preds, targets)) if p is not None and t is not None]
-        acc = [False] * len(preds)
-        for i, ok in zip(rows, grade_many([(preds[i], str(targets[i])) for i in rows], self.grader, self.timeout_s)):
-            acc[i] = ok
+        preds, acc = score_responses(list(texts), targets, self.grader, self.timeout_s, self.extraction)
         scores = np.asarray(acc, dtype=np.float64)
         return RewardOutput(scores, {"acc": acc, "pred": [p if p is not None else "" for p in preds]})
 
@@ -125,7 +124,10 @@ class CustomRewardManager:
 
     name = "custom"
 
-    def __init__(self, path: str, name: str, reward_kwargs: dict | None = None, max_logged_errors: int = 5):
+    def __init__(self, path: str, name: str, reward_kwargs: dict | None = None, max_logged_errors: int = 5,
+                 extraction: str = "boxed"):
+        check_extraction(extraction)
+        self.extraction = extraction  # not used by the user's function; the ground-truth metrics of the step use it
         self.path, self.fn_name = path, name
         self.fn = load_custom_reward_function(path, name)
         self.reward_kwargs = dict(reward_kwargs or {})
@@ -175,12 +177,14 @@ REWARD_MANAGERS = ("majority", "rule", "custom")
 
 def build_reward_manager(kind: str, *, grader: Grader | None = None, timeout_s: float | None = None,
                          custom_path: str | None = None, custom_name: str | None = None,
-                         reward_kwargs: dict | None = None):
-    """``majority`` / ``rule`` / ``custom`` by name; unknown names raise listing the valid ones."""
+                         reward_kwargs: dict | None = None, extraction: str = "boxed"):
+    """``majority`` / ``rule`` / ``custom`` by name; unknown names raise listing the valid ones. ``extraction`` is
+    ``ttrl.answer_extraction``."""
     if kind == "majority":
-        return MajorityRewardManager(grader, timeout_s)
+        return MajorityRewardManager(grader, timeout_s, extraction)
     if kind == "rule":
-        return RuleRewardManager(grader, timeout_s)
+        return RuleRewardManager(grader, timeout_s, extraction)
     if kind == "custom":
-        return CustomRewardManager(custom_path or "", custom_name or "compute_score", reward_kwargs)
+        return CustomRewardManager(custom_path or "", custom_name or "compute_score", reward_kwargs,
+                                   extraction=extraction)
     raise ValueError(f"reward manager must be one of {REWARD_MANAGERS}, got {kind!r}")

@@ -4,7 +4,9 @@ Upstream TTRL (algorithms-semantics §2.3) counts sympy-canonical strings, so ``
 and ``5``) are different votes and a true majority can lose (PLATFORM.md saw 5 of 32 prompts mislabeled). Here answers
 that grade equal form one candidate:
 
-1. extract each response's answer (``extract.extract_answer``); responses without one take no part in clustering;
+1. extract each response's answer (``answers.response_answer``: the last box, or the list of boxes of a final run
+   such as ``\\boxed{1} and \\boxed{-2}``, which then votes as one list; with ``extraction="any"`` also unboxed
+   conclusions); responses without one take no part in clustering;
 2. distinct answers (by normalized form), in order of first appearance, join the first existing cluster whose
    representative (its first member) they grade equal to (``grade(later, representative)``); otherwise they open a
    new cluster. Grading is not always transitive, so this greedy rule is what makes the result well defined;
@@ -14,6 +16,7 @@ that grade equal form one candidate:
    ratio = winning cluster size / number of responses (responses without an answer count in the denominator);
    no answer anywhere -> (None, 0.0).
 
+Answers that grade equal are one vote, so the vote uses exactly the equivalence of the rewards (``grading.py``).
 ``vote_many`` grades all prompts' undecided answer pairs in one batch on a ``GradingPool`` (parallel, deduplicated).
 Imports no torch.
 """
@@ -21,19 +24,14 @@ Imports no torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Sequence
 
-from .extract import extract_answer
-from .grading import fast_grade
+from .answers import response_answer
+from .extract import check_extraction
 from .normalize import normalize_answer
+from .score import Grader, grade_many
 
 __all__ = ["Grader", "Vote", "grade_many", "majority_vote", "vote_many"]
-
-
-class Grader(Protocol):
-    """Anything that grades (given, truth) pairs in bulk, like ``GradingPool``."""
-
-    def grade_pairs(self, pairs: Sequence[tuple[str, str]], timeout_s: float | None = None) -> list[bool]: ...
 
 
 @dataclass
@@ -51,23 +49,6 @@ class Vote:
     def agrees(self) -> list[bool]:
         """Per response: is its answer in the winning cluster (the majority reward before regrading)."""
         return [c == self.winner and c >= 0 for c in self.cluster_of]
-
-
-def grade_many(pairs: Sequence[tuple[str, str]], grader: Grader | None = None,
-               timeout_s: float | None = None) -> list[bool]:
-    """Grade pairs: in-process fast verdicts first; only undecided pairs reach ``grader`` (default: the shared
-    ``pool.default_pool()``, started only if needed)."""
-    out: list[bool | None] = [fast_grade(g, t) for g, t in pairs]
-    undecided = [i for i, v in enumerate(out) if v is None]
-    if undecided:
-        if grader is None:
-            from .pool import default_pool
-
-            grader = default_pool()
-        verdicts = grader.grade_pairs([pairs[i] for i in undecided], timeout_s=timeout_s)
-        for i, v in zip(undecided, verdicts):
-            out[i] = v
-    return [bool(v) for v in out]
 
 
 def _distinct(answers: list[str | None]) -> tuple[list[str], list[int]]:
@@ -103,12 +84,14 @@ def _cluster(n_distinct: int, equal) -> list[int]:
 
 
 def vote_many(responses_per_prompt: Sequence[Sequence[str | None]], grader: Grader | None = None,
-              timeout_s: float | None = None) -> list[Vote]:
-    """Vote every prompt; all undecided (later, earlier) answer pairs of all prompts are graded in one batch."""
+              timeout_s: float | None = None, extraction: str = "boxed") -> list[Vote]:
+    """Vote every prompt; all undecided (later, earlier) answer pairs of all prompts are graded in one batch.
+    ``extraction``: how a response's answer is found (``ttrl.answer_extraction``: ``boxed`` | ``any``)."""
+    check_extraction(extraction)
     prepared = []
     pairs: list[tuple[str, str]] = []
     for responses in responses_per_prompt:
-        answers = [extract_answer(r) if r is not None else None for r in responses]
+        answers = [response_answer(r, extraction) if isinstance(r, str) else None for r in responses]
         reps, index = _distinct(answers)
         base = len(pairs)
         pairs += [(reps[j], reps[i]) for j in range(len(reps)) for i in range(j)]
@@ -134,7 +117,7 @@ def vote_many(responses_per_prompt: Sequence[Sequence[str | None]], grader: Grad
 
 
 def majority_vote(responses: Sequence[str | None], grader: Grader | None = None,
-                  timeout_s: float | None = None) -> tuple[str | None, float]:
+                  timeout_s: float | None = None, extraction: str = "boxed") -> tuple[str | None, float]:
     """(label, ratio) of one prompt's responses; see the module docstring for the exact rules."""
-    vote = vote_many([responses], grader, timeout_s)[0]
+    vote = vote_many([responses], grader, timeout_s, extraction)[0]
     return vote.label, vote.ratio

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from ttrl_megatron.ttrl import fast_grade, grade_answer, normalize_answer
-from ttrl_megatron.ttrl.grading import split_structure
+from ttrl_megatron.ttrl.forms import answer_form
 
 from .answer_table import ALL_PAIRS
 
@@ -57,12 +57,13 @@ def test_normalization_examples():
 
 
 def test_structure_rules():
-    assert split_structure("(1,2)") == ("()", ["1", "2"])
-    assert split_structure("[1,2)") == ("[)", ["1", "2"])
-    assert split_structure(r"\{1,2\}") == ("set", ["1", "2"])
-    assert split_structure("1,2") == ("list", ["1", "2"])
-    assert split_structure("(1)+(2)") is None
-    assert split_structure("f(1,2)") is None  # commas inside a function call do not make a list
+    one, two = ("s", "1"), ("s", "2")
+    assert answer_form("(1,2)") == ("seq", "()", (one, two), "")
+    assert answer_form("[1,2)") == ("seq", "[)", (one, two), "")
+    assert answer_form(r"\{1,2\}") == ("seq", "set", (one, two), "")
+    assert answer_form("1,2") == ("seq", "list", (one, two), "")
+    assert answer_form("(1)+(2)") == ("s", "(1)+(2)")
+    assert answer_form("f(1,2)") == ("s", "f(1,2)")  # commas inside a function call do not make a list
 
 
 def test_none_and_non_string_inputs():
@@ -134,3 +135,24 @@ def test_bounded_evaluator():
         assert evaluate(junk, True) == MALFORMED, junk
     for undefined in ("1/0", r"\sqrt{-1}", "2.5!"):
         assert evaluate(undefined) == NOT_NUMERIC, undefined
+
+
+HOSTILE_RESPONSES = [
+    "Therefore $" + "{" * 25_000 + "1" + "}" * 25_000 + "$.",
+    "The answer is $9^{9^{9}}$.",
+    r"So $\boxed{((10^{9})!)!}$ and $\boxed{2^{2^{2^{2^{2}}}}}$.",
+    "so $x=1$. " * 5000,
+    r"\boxed{" + ",".join(["1"] * 5000) + "}",
+    r"Thus $x \geq 9^{9^{9}}$ or $x < (10^9)!$.",
+]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_RESPONSES, ids=lambda s: repr(s[:24]))
+def test_score_response_on_hostile_responses_returns_fast_from_a_thread(hostile):
+    from ttrl_megatron.ttrl import score_response
+
+    for extraction in ("boxed", "any"):
+        for label in ("5", "1, 2", r"x \geq 5"):
+            value, elapsed = _run_in_thread(lambda: score_response(hostile, label, extraction, timeout_s=1.0))
+            assert value is False
+            assert elapsed < 1.0 + 3.0  # in-process guards, or the worker deadline plus kill/poll overhead
