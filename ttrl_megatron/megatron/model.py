@@ -232,9 +232,11 @@ def _install_output_modes(output_layer: torch.nn.Module, arch: ModelArchConfig, 
     def forward(hidden_states, weight=None, runtime_gather_output=None):
         if output_layer.ttrl_emit_hidden:
             if output_layer.sequence_parallel:
-                return tensor_parallel.gather_from_sequence_parallel_region(
-                    hidden_states, tensor_parallel_output_grad=True), None
-            return tensor_parallel.copy_to_tensor_model_parallel_region(hidden_states), None
+                prepared = tensor_parallel.gather_from_sequence_parallel_region(
+                    hidden_states, tensor_parallel_output_grad=True)
+            else:
+                prepared = tensor_parallel.copy_to_tensor_model_parallel_region(hidden_states)
+            return _ContiguousGrad.apply(prepared), None
         logits, bias = base_forward(hidden_states, weight=weight, runtime_gather_output=runtime_gather_output)
         if pad is None:
             return logits, bias
@@ -243,6 +245,21 @@ def _install_output_modes(output_layer: torch.nn.Module, arch: ModelArchConfig, 
         return logits.masked_fill(on_device[logits.device], PADDED_VOCAB_LOGIT), bias
 
     output_layer.forward = forward
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the gradient contiguous. GPTModel transposes its output ``[s, b, h] -> [b, s,
+    h]``, so for b > 1 the gradient reaching the TP region op is a non-contiguous view, and megatron-core 0.16.1's
+    ``mappings._reduce`` all-reduces ``grad.contiguous()`` -- a copy -- and returns the un-reduced gradient (the
+    logits path never meets this: a matmul's input gradient is contiguous). Found by the TP2 padded-row parity test."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
 
 
 @contextlib.contextmanager
