@@ -6,11 +6,13 @@ or TE's fused kernel) and Transformer Engine's attention runs ``padding_causal``
 
 The local spec's ``DotProductAttention`` asserts ``packed_seq_params is None`` (megatron-core 0.16.1
 ``transformer/dot_product_attention.py``). ``PackedDotProductAttention`` accepts THD: it receives the packed
-``[t, heads, dim]`` query/key/value (attention.py squeezes the batch dim for THD, after the per-sequence RoPE), puts
-the batch dim back and runs the local attention with a ``[1, 1, t, t]`` block-diagonal causal mask built from
-``cu_seqlens`` (True = masked, the local convention), so a token attends to the earlier tokens of its own sequence
-only. Everything else (embedding, RoPE per sequence, layers, output) is megatron's own THD code path. Its memory is
-the local attention's ``t x t`` scores, which flash attention on GPU does not have: a CPU proxy, not a GPU kernel.
+``[t, heads, dim]`` query/key/value (attention.py squeezes the batch dim for THD, after the per-sequence RoPE) and
+runs the local attention on each ``[cu[i], cu[i+1])`` segment with a causal mask (True = masked, the local
+convention), so a token attends to the earlier tokens of its own sequence only. That is exactly the
+``[1, 1, t, t]`` block-diagonal causal mask over the pack (``block_causal_mask``, which the tests compare against),
+computed segment by segment so that the cost is ``sum len_i^2`` as with Transformer Engine's varlen kernels, not
+``t^2``. Everything else (embedding, RoPE per sequence, layers, output) is megatron's own THD code path. A CPU
+proxy, not a GPU kernel.
 
 Imports megatron.core; must not import vllm, hydra or the trainer.
 """
@@ -49,7 +51,17 @@ class PackedDotProductAttention(DotProductAttention):
         cu = packed_seq_params.cu_seqlens_q_padded
         if cu is None:
             cu = packed_seq_params.cu_seqlens_q
-        mask = block_causal_mask(cu, query.shape[0])
-        # [t, np, hn] -> [t, 1, np, hn]; the output [t, 1, hp] is what attention.py expects back for THD
-        return super().forward(query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1), mask, attn_mask_type,
-                               attention_bias, None)
+        total = query.shape[0]
+        bounds = [int(x) for x in cu.tolist()]
+        if bounds[-1] < total:  # tokens past the last sequence (none in our packs) form one more segment
+            bounds.append(total)
+        outs = []
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            if end <= start:
+                continue
+            n = end - start
+            causal = torch.ones(n, n, dtype=torch.bool, device=query.device).triu(1)[None, None]
+            # [n, np, hn] -> [n, 1, np, hn]; each output is [n, 1, hp], what attention.py expects back for THD
+            outs.append(super().forward(query[start:end].unsqueeze(1), key[start:end].unsqueeze(1),
+                                        value[start:end].unsqueeze(1), causal, attn_mask_type, attention_bias, None))
+        return torch.cat(outs, dim=0)
