@@ -5,7 +5,9 @@
 - a packed THD forward of the GPTModel (PackedSeqParams, per-sequence RoPE from cu_seqlens) gives each sequence the
   logits the HF model gives it alone;
 - the chunked log-prob computation never holds a ``[n, V]`` tensor, forward or backward (the storage counter of
-  bench/bench_logprob_memory.py), while the unchunked one does.
+  bench/bench_logprob_memory.py), while the unchunked one does;
+- a dry run on the ``meta`` device of the layout -> slots -> chunked log-probs -> backward path: any tensor made on
+  the host where the compute device was meant fails there as it would on a GPU (the device-proxy contract).
 """
 from __future__ import annotations
 
@@ -113,6 +115,28 @@ def _memory_checks() -> dict:
     return out
 
 
+def _meta_dry_run() -> dict:
+    from ttrl_megatron.megatron.logprobs import chunked_logprobs
+    from ttrl_megatron.megatron.packing import build_layout, gather_slots, scatter_slots
+
+    meta = torch.device("meta")
+    mask = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    ids = torch.randint(3, 50, mask.shape) * mask
+    out = {}
+    for packed in (True, False):
+        lay = build_layout(ids, mask, 2, packed=packed, align=2).to(meta)  # built on the host, then moved
+        hidden = torch.randn(lay.tokens, 8, device=meta, requires_grad=True)
+        weight = torch.randn(64, 8, device=meta, requires_grad=True)
+        targets = ids[:, 2:].to(meta)[lay.rows, lay.cols]
+        lp, ent = chunked_logprobs(gather_slots(hidden[None], lay), weight, targets, vocab_size=60, temperature=0.5,
+                                   chunk_size=2, with_entropy=True, entropy_grad=True)
+        full = scatter_slots(lp, lay, (2, 3)) + scatter_slots(ent, lay, (2, 3))
+        full.sum().backward()
+        out[f"meta_{'packed' if packed else 'padded'}"] = (full.device.type, hidden.grad.device.type,
+                                                           weight.grad.device.type)
+    return out
+
+
 def _checks(hf_dir: str) -> dict:
     from ttrl_megatron.distributed import ParallelLayout
     from ttrl_megatron.megatron.arch import ModelArchConfig
@@ -120,7 +144,7 @@ def _checks(hf_dir: str) -> dict:
 
     init_distributed(ParallelLayout(1, 1, 1), seed=1)
     arch = ModelArchConfig.from_hf(hf_dir)
-    return {**_attention_checks(arch), **_thd_forward_checks(arch, hf_dir), **_memory_checks()}
+    return {**_attention_checks(arch), **_thd_forward_checks(arch, hf_dir), **_memory_checks(), **_meta_dry_run()}
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +168,7 @@ def test_chunked_logprobs_never_hold_full_vocab_logits(results):
     assert results["chunked_forward_peak_over_full"] <= 2.5 * chunk, results
     assert results["chunked_backward_peak_over_full"] <= 4 * chunk + 3 * results["weight_grad_over_full"], results
     assert results["unchunked_forward_peak_over_full"] >= 2.0, results  # the counter does see full-size tensors
+
+
+def test_layout_and_chunked_logprobs_dry_run_on_meta(results):
+    assert results["meta_packed"] == results["meta_padded"] == ("meta", "meta", "meta")

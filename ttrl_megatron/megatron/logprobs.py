@@ -156,9 +156,9 @@ class _ChunkedLogprob(torch.autograd.Function):
                 if gl is not None:
                     blk.sub_(gl)
                 blk.mul_(p)
-            if g_logp is not None:
-                rows = torch.nonzero(ctx.owned[s:e])[:, 0]
-                z.index_put_((rows, ctx.local_t[s:e][rows]), g_logp[s:e][rows].float(), accumulate=True)
+            if g_logp is not None and ctx.width:  # + g_logp at the target column (rows whose target this rank owns)
+                rows = torch.arange(e - s, device=z.device)
+                z.index_put_((rows, ctx.local_t[s:e]), g_logp[s:e].float() * ctx.owned[s:e], accumulate=True)
             z.mul_(ctx.inv_temp)
             gz = z.to(weight.dtype)
             del z

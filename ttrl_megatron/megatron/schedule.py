@@ -65,9 +65,11 @@ def model_call(model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:
     kwargs = {}
     if lay.packed:
         cu = lay.inputs["cu_seqlens"]
+        # verl's convention: cu_seqlens (and their *_padded twins) are the cumulative ALIGNED lengths, so a
+        # sequence's alignment pads are part of it, after its real tokens (causal attention keeps them out).
         kwargs["packed_seq_params"] = PackedSeqParams(
-            qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=lay.max_seqlen,
-            max_seqlen_kv=lay.max_seqlen)
+            qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=cu, cu_seqlens_kv_padded=cu,
+            max_seqlen_q=lay.max_seqlen, max_seqlen_kv=lay.max_seqlen)
     with emit_hidden(model):
         return model(lay.inputs["input_ids"], lay.inputs["position_ids"], None, **kwargs)
 
