@@ -84,7 +84,19 @@ def _thd_forward_checks(arch, hf_dir) -> dict:
         out = model(ids, pos, None, packed_seq_params=psp)[..., : arch.vocab_size]
         for i, s in enumerate(seqs):
             err = max(err, float((out[0, int(cu[i]):int(cu[i + 1])] - hf(s[None]).logits[0]).abs().max()))
-    return {"thd_logits_err": err}
+    # forward_logits' Transformer Engine branch (right-aligned rows, no mask) on the local spec: same logits
+    from tests.dist import mcore_fixtures as fx
+    from ttrl_megatron.megatron.model import forward_logits
+
+    data = fx.batch(vocab=arch.vocab_size)
+    with torch.no_grad():
+        masked = forward_logits(model, data["input_ids"], data["attention_mask"])
+        model.ttrl_spec = "te"
+        aligned = forward_logits(model, data["input_ids"], data["attention_mask"])
+        model.ttrl_spec = "local"
+    valid = data["attention_mask"].bool()
+    return {"thd_logits_err": err, "te_branch_err": float((masked - aligned)[valid].abs().max()),
+            "te_branch_pad_zero": float(aligned[~valid].abs().max())}
 
 
 def _memory_checks() -> dict:
@@ -160,6 +172,10 @@ def test_packed_local_attention_equals_block_diagonal_mask(results):
 
 def test_thd_forward_gives_each_sequence_its_own_logits(results):
     assert results["thd_logits_err"] <= 1e-5
+
+
+def test_forward_logits_right_aligns_rows_for_transformer_engine(results):
+    assert results["te_branch_err"] <= 1e-5 and results["te_branch_pad_zero"] == 0.0
 
 
 def test_chunked_logprobs_never_hold_full_vocab_logits(results):

@@ -326,11 +326,27 @@ def forward_logits(
     With ``gather`` the TP-local vocab shards are all-gathered and the padding rows cut off (V = HF vocab);
     otherwise the local shard ``[B, T, V_padded / tp]`` is returned. For a value model the result is ``[B, T, 1]``.
     Meant for tests and evaluation; training goes through megatron's pipeline schedules.
+
+    The local spec takes the padding mask (``left_padded_inputs``). Transformer Engine's ``causal`` attention
+    ignores any mask, so with the TE spec the real tokens of each row are right-aligned first (real tokens then
+    never see a pad) and the logits are put back at their columns; padded columns get zeros there.
     """
     if not (model.pre_process and model.post_process):
         raise RuntimeError("forward_logits needs a single-stage model (pipeline_model_parallel_size=1)")
-    position_ids, mask = left_padded_inputs(attention_mask)
-    logits = model(input_ids, position_ids, mask)
+    if getattr(model, "ttrl_spec", "local") == "te" and not bool(attention_mask.bool().all()):
+        valid = attention_mask.bool()
+        rank = valid.long().cumsum(-1) - 1
+        rows = torch.arange(valid.shape[0], device=valid.device)[:, None].expand_as(valid)
+        width = int(valid.sum(-1).max())
+        ids = torch.zeros(valid.shape[0], width, dtype=input_ids.dtype, device=input_ids.device)
+        ids[rows[valid], rank[valid]] = input_ids[valid]
+        pos = torch.arange(width, device=ids.device)[None].expand_as(ids)
+        aligned = model(ids, pos, None)
+        logits = torch.zeros(*valid.shape, aligned.shape[-1], dtype=aligned.dtype, device=aligned.device)
+        logits[valid] = aligned[rows[valid], rank[valid]]
+    else:
+        position_ids, mask = left_padded_inputs(attention_mask)
+        logits = model(input_ids, position_ids, mask)
     if getattr(model, "ttrl_value_head", False) or not gather:
         return logits
     if parallel_state.get_tensor_model_parallel_world_size() > 1:
