@@ -178,7 +178,8 @@ def main():
             out, peak, rss, seconds = measure(fn)
             key = f"{name}{'_entropy' if entropy else ''}"
             results[key] = out
-            figures[key] = {"storage_gib": round(peak / GIB, 3), "rss_gib": None if rss is None else round(rss / GIB, 3),
+            figures[key] = {"storage_gib": round(peak / GIB, 3),
+                            "rss_gib": None if rss is None else round(rss / GIB, 3),
                             "over_logits": round(peak / logits_bytes, 3), "seconds": round(seconds, 2)}
             print(key, figures[key], flush=True)
             del out, fn

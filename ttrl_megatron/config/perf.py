@@ -9,8 +9,8 @@ problems. Which stack can do what (reference/gpu-bringup-anchors.md §6, checked
 | setting | needs | null (auto) resolves to |
 |---|---|---|
 | apply_rope_fusion | Transformer Engine (fused RoPE kernels) | on with TE |
-| masked_softmax_fusion | a CUDA softmax kernel (TE's attention, or megatron's scaled_masked_softmax_cuda) | on with CUDA + TE/kernel |
-| gradient_accumulation_fusion | Apex ``fused_weight_gradient_mlp_cuda`` (the output layer is megatron's own linear) | on when present |
+| masked_softmax_fusion | a CUDA softmax kernel (TE, or megatron's scaled_masked_softmax_cuda) | on with CUDA + either |
+| gradient_accumulation_fusion | Apex ``fused_weight_gradient_mlp_cuda`` (megatron's own output linear) | on when present |
 | sequence_parallel | TP > 1 and TE (the torch norm fallback refuses SP) | on with TE and TP > 1 (verl) |
 | bias_activation_fusion | nothing (torch.jit bias+SwiGLU runs on CPU too) | explicit bool, default on |
 | overlap_grad_reduce | nothing (works on gloo) | explicit bool, default on |
@@ -108,7 +108,8 @@ def resolve_perf(meg, tp: int, gradient_checkpointing: bool, facts: StackFacts,
         p.append(f"{tfp}.recompute_method={method!r}; use null, uniform or block")
     bad_modules = [m for m in tf.recompute_modules if m not in RECOMPUTE_MODULES]
     if bad_modules:
-        p.append(f"{tfp}.recompute_modules has unknown entries {bad_modules}; use some of {', '.join(RECOMPUTE_MODULES)}")
+        p.append(f"{tfp}.recompute_modules has unknown entries {bad_modules}; use some of "
+                 f"{', '.join(RECOMPUTE_MODULES)}")
     if layers is not None and (not isinstance(layers, int) or layers < 1):
         p.append(f"{tfp}.recompute_num_layers={layers!r} must be a positive int or null")
     if granularity is None and gradient_checkpointing:

@@ -241,7 +241,7 @@ class MegatronActor(EngineHandles):
             kl_agg = agg(kl_penalty(lp, t["ref_log_prob"], cfg.kl_loss_type))
             loss = loss + cfg.kl_loss_coef * kl_agg
             outputs["kl_loss"] = kl_agg.detach()
-            outputs["kl_coef"] = torch.tensor(cfg.kl_loss_coef * weight)
+            outputs["kl_coef"] = torch.tensor(cfg.kl_loss_coef * weight)  # host: a logged constant
         return loss, outputs
 
     def _logprobs(self, output: torch.Tensor, mb: MicroBatch, *, with_entropy: bool, entropy_grad: bool
@@ -267,7 +267,8 @@ def build_actor(model, actor, rollout, prefix: str = "actor_rollout_ref") -> Meg
     log_prob = LogProbConfig.from_config(rollout, rollout.temperature, f"{prefix}.rollout", model.logprob_chunk_size)
     perf = engine_perf(actor.megatron, model.enable_gradient_checkpointing, f"{prefix}.actor.megatron")
     chunks = build_model_chunks(model.path, actor.megatron.dtype, perf=perf)
-    return MegatronActor(chunks, log_prob, engine_cfg, optim, gradient_checkpointing=model.enable_gradient_checkpointing,
+    return MegatronActor(chunks, log_prob, engine_cfg, optim,
+                         gradient_checkpointing=model.enable_gradient_checkpointing,
                          packed=model.use_remove_padding, perf=perf)
 
 

@@ -49,7 +49,7 @@ def mini_batch_rows(
             f"mini-batch of {mini_batch_size} rows (ppo_mini_batch_size * rows per prompt) is not divisible by the "
             f"data-parallel size {dp_size}; change ppo_mini_batch_size or the parallel layout"
         )
-    order = torch.arange(num_rows) if order is None else order
+    order = torch.arange(num_rows) if order is None else order  # host: row ids of the host batch
     share = mini_batch_size // dp_size
     return [
         order[start + dp_rank * share : start + (dp_rank + 1) * share]
@@ -175,7 +175,7 @@ def plan_token_budget(
     # different sizes), this share falls back to its own smallest count.
     groups = (_partition(lengths[mine], max_token_len, packed, align, count)
               or _partition(lengths[mine], max_token_len, packed, align, own))
-    return [torch.tensor(sorted(g), dtype=torch.long) for g in groups]
+    return [torch.tensor(sorted(g), dtype=torch.long) for g in groups]  # host: positions in the host batch
 
 
 def split_by_token_budget(
@@ -242,7 +242,7 @@ def trim_columns(
 def scatter_rows(parts: Sequence[MicroBatch], values: Sequence[torch.Tensor], num_rows: int, width: int) -> torch.Tensor:
     """Put per-micro-batch results ``[b_i, R'_i]`` back at their rows of a zero ``[num_rows, width]`` tensor."""
     dtype = values[0].dtype if values else torch.float32
-    out = torch.zeros(num_rows, width, dtype=dtype)
+    out = torch.zeros(num_rows, width, dtype=dtype)  # host: results are gathered on the host
     for mb, v in zip(parts, values):
         out[mb.rows, : v.shape[1]] = v
     return out

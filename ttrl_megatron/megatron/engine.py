@@ -69,7 +69,7 @@ class BatchingConfig:
         the whole batch; ``shares``: every DP rank's row ids (token budgets give every rank the same count)."""
         if self.use_dynamic_bsz:
             return batching.plan_token_budget(shares, lengths, rank, self.max_token_len, packed=packed, align=align)
-        return batching.split_fixed(torch.arange(shares[rank].numel()), self.micro_batch_size)
+        return batching.split_fixed(torch.arange(shares[rank].numel()), self.micro_batch_size)  # host: positions
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ class RoleEngine:
             if ranks.is_last_stage:
                 value = batching.scatter_rows(mbs, [o[key].float().cpu() for o in outs], rows.numel(), width) * mask
             else:
-                value = torch.empty(rows.numel(), width, dtype=torch.float32)
+                value = torch.empty(rows.numel(), width, dtype=torch.float32)  # host: results come back there
             result[key] = all_gather_dp_rows(broadcast_from_last_stage(value))
         return result
 
@@ -247,7 +247,7 @@ class RoleEngine:
             raise RuntimeError("this engine has no optimizer (a frozen reference model cannot be updated)")
         ranks = Ranks.current()
         num_rows, width = tensors["responses"].shape
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)  # host: shuffles row ids of the host batch
         totals: Dict[str, float] = {}
         steps = 0
         for _ in range(epochs):
@@ -273,7 +273,7 @@ class RoleEngine:
         rows = shares[ranks.dp]
         local = {k: tensors[k][rows] for k in keys}
         mask = response_mask_of(local)
-        counts_vec = all_reduce_dp_sum(torch.tensor(
+        counts_vec = all_reduce_dp_sum(torch.tensor(  # host: all_reduce_dp_sum moves it to the device
             [float(mask.sum()), float((mask.sum(-1) > 0).sum())], dtype=torch.float64))
         counts = GlobalCounts(tokens=float(counts_vec[0]), seqs=float(counts_vec[1]))
         mbs = self._micro_batches(tensors, local, keys, plan, shares, ranks.dp, width)
@@ -287,7 +287,8 @@ class RoleEngine:
             grad_norm = self.optimizer.get_grad_norm()
         names = sorted(outs[0]) if outs else []
         names = _agree_on_names(names)
-        local_sums = torch.tensor([sum(float(o[n]) for o in outs) for n in names], dtype=torch.float64)
+        local_sums = torch.tensor([sum(float(o[n]) for o in outs) for n in names],  # host: moved by the sum
+                                  dtype=torch.float64)
         summed = sum_over_dp_last_stage(local_sums)
         metrics = {n: float(v) for n, v in zip(names, summed)}
         metrics["grad_norm"], metrics["lr"] = float(grad_norm), lr
