@@ -19,9 +19,10 @@ from saved logits; here even the logits are not kept), so the backward is chunke
 Memory of the computation, per chunk of ``c`` positions with ``V' = V/tp`` (the "log-prob path" of the memory
 plan): ONE fp32 ``[c, V']`` buffer plus, for a bf16/fp16 model, the matmul's ``[c, V']`` output in that dtype
 (forward: freed after the cast; backward: the gradient cast back for the two matmuls), plus ``[c, 8192]`` fp32
-column-block temporaries; i.e. ``c * V' * 4`` bytes for an fp32 model and ``c * V' * 6`` bytes for bf16. The
-backward also holds an fp32 ``[V', h]`` accumulator of the weight gradient (megatron's own output layer returns a
-``[V', h]`` weight gradient in the parameter dtype as well). Nothing of size ``[n, V']`` or ``[B, T, V']`` exists.
+column-block temporaries; i.e. ``c * V' * 4`` bytes for an fp32 model and ``c * V' * 6`` bytes for bf16, in
+forward and backward alike. The backward also holds an fp32 ``[V', h]`` accumulator of the weight gradient, for a
+bf16 model one bf16 ``[V', h]`` product per chunk, and returns the ``[V', h]`` gradient in the parameter dtype
+(megatron's own output layer returns that one as well). Nothing of size ``[n, V']`` or ``[B, T, V']`` exists.
 
 ``unchunked_logprobs`` is the previous computation from full ``[..., V/tp]`` logits (megatron's vocab-parallel
 cross entropy + a vocab-parallel entropy); it is kept as the reference of the tests and the baseline of
@@ -165,8 +166,11 @@ class _ChunkedLogprob(torch.autograd.Function):
             h = hidden[s:e].to(weight.dtype)
             if grad_h is not None:
                 grad_h[s:e] = torch.matmul(gz, w).to(hidden.dtype)
-            if grad_w is not None:
-                grad_w[: ctx.width].add_(torch.matmul(gz.t(), h).float())
+            if grad_w is not None:  # fp32 accumulator: in place for fp32, one weight-dtype [V', h] temp otherwise
+                if gz.dtype == grad_w.dtype:
+                    grad_w[: ctx.width].addmm_(gz.t(), h)
+                else:
+                    grad_w[: ctx.width].add_(torch.matmul(gz.t(), h))
         return grad_h, (grad_w.to(weight.dtype) if grad_w is not None else None), None, None, None, None, None
 
 
