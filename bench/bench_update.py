@@ -12,12 +12,22 @@ machine may be shared; throughput is per CPU second of this process (``wall_*`` 
 
     OMP_NUM_THREADS=1 python bench/bench_update.py [--hidden 256 --layers 2 --rows 16 --repeats 3]
 
+``--lengths skewed`` measures packing instead: the same megatron actor update on a realistic TTRL length mix
+(response lengths exponential with median R/4, clipped to [R/16, R], one row at R; prompts 25-100% of P), with
+packed (THD, ``use_remove_padding=True``, the default) against padded (right-aligned rows, ``False``) micro-batches
+of the same rows, both in the same run. ``packed_speedup`` = packed tokens/s over padded tokens/s (real tokens,
+per CPU second); goal ``>= 0.7 x padded_over_real`` (the tokens the padded side processes over the real ones):
+
+    OMP_NUM_THREADS=1 python bench/bench_update.py --lengths skewed --response 512 --rows 32 --mini-batch 16 \
+        --micro-batch 8 --repeats 2
+
 Last line: ``RESULT {json}`` with the throughputs and the ratios (megatron / baseline).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -42,6 +52,8 @@ def parse_args():
     ap.add_argument("--micro-batch", type=int, default=4, help="rows per forward/backward")
     ap.add_argument("--repeats", type=int, default=3, help="timed update calls per side and round (after a warm-up)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time is then a clean measure)")
+    ap.add_argument("--lengths", choices=("uniform", "skewed"), default="uniform",
+                    help="uniform: megatron vs PyTorch baselines; skewed: packed vs padded megatron updates")
     return ap.parse_args()
 
 
@@ -70,6 +82,32 @@ def make_batch(args) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
             "responses": ids[:, p:], "response_mask": mask[:, p:],
             "advantages": torch.randn(b, r, generator=g), "old_log_probs": -torch.rand(b, r, generator=g) * 5}
+
+
+def make_skewed_batch(args) -> dict:
+    """A TTRL-like length mix: response lengths at the quantiles of an exponential with median R/4, clipped to
+    [R/16, R], the longest row at R, in a seeded random order; prompts 25-100% of P."""
+    g = torch.Generator().manual_seed(0)
+    b, p, r = args.rows, args.prompt, args.response
+    mean = r / (4 * math.log(2))  # exponential: median = mean * ln 2
+    quantiles = (torch.arange(b, dtype=torch.float64) + 0.5) / b
+    rlens = (-mean * torch.log1p(-quantiles)).round().long().clamp(max(r // 16, 1), r)
+    rlens[-1] = r
+    rlens = rlens[torch.randperm(b, generator=g)]
+    plens = torch.randint(p // 4, p + 1, (b,), generator=g)
+    mask = torch.zeros(b, p + r, dtype=torch.long)
+    for i in range(b):
+        mask[i, p - plens[i]: p + rlens[i]] = 1
+    ids = torch.randint(3, args.vocab, (b, p + r), generator=g) * mask
+    return {"input_ids": ids, "attention_mask": mask, "responses": ids[:, p:], "response_mask": mask[:, p:],
+            "advantages": torch.randn(b, r, generator=g), "old_log_probs": -torch.rand(b, r, generator=g) * 5}
+
+
+def padded_tokens(batch, args) -> int:
+    """Tokens the padded side processes: per micro-batch, rows x its longest real row (right-aligned layout)."""
+    lengths = batch["attention_mask"].sum(-1)
+    return sum(int(lengths[s:s + args.micro_batch].max()) * lengths[s:s + args.micro_batch].numel()
+               for s in range(0, args.rows, args.micro_batch))
 
 
 class Baseline:
@@ -151,28 +189,35 @@ def main():
 
     from ttrl_megatron.distributed import ParallelLayout
     from ttrl_megatron.megatron.actor import ActorEngineConfig, LogProbConfig, MegatronActor
-    from ttrl_megatron.megatron.engine import build_model_chunks
+    from ttrl_megatron.megatron.build import build_model_chunks
     from ttrl_megatron.megatron.optimizer import OptimConfig
     from ttrl_megatron.megatron.parallel import destroy_distributed, init_distributed
     from ttrl_megatron.protocol import DataProto
 
     lr, temperature = 1e-6, 1.0
     init_distributed(ParallelLayout(1, 1, 1), seed=1)
-    batch = make_batch(args)
+    batch = make_skewed_batch(args) if args.lengths == "skewed" else make_batch(args)
     tokens = float(batch["attention_mask"].sum())
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_model_dir(args, tmp)
-        actor = MegatronActor(
+
+    def actor(model_dir, packed):
+        return MegatronActor(
             build_model_chunks(model_dir, "float32"),
             LogProbConfig(micro_batch_size_per_gpu=args.micro_batch, temperature=temperature),
             ActorEngineConfig(ppo_mini_batch_size=args.mini_batch, rows_per_prompt=1,
                               ppo_micro_batch_size_per_gpu=args.micro_batch),
-            OptimConfig(lr=lr, weight_decay=0.01, clip_grad=1.0),
+            OptimConfig(lr=lr, weight_decay=0.01, clip_grad=1.0), packed=packed,
         )
-        sides = {"megatron": (lambda d=DataProto(dict(batch)): actor.update_policy(d))}
-        for trim in (True, False):
-            base = Baseline(model_dir, args, lr, temperature, trim)
-            sides["trimmed" if trim else "padded"] = (lambda b=base: b.update(batch))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = make_model_dir(args, tmp)
+        if args.lengths == "skewed":
+            sides = {name: (lambda a=actor(model_dir, packed), d=DataProto(dict(batch)): a.update_policy(d))
+                     for name, packed in (("packed", True), ("padded", False))}
+        else:
+            sides = {"megatron": (lambda a=actor(model_dir, True), d=DataProto(dict(batch)): a.update_policy(d))}
+            for trim in (True, False):
+                base = Baseline(model_dir, args, lr, temperature, trim)
+                sides["trimmed" if trim else "padded"] = (lambda b=base: b.update(batch))
         wall = {name: float("inf") for name in sides}
         cpu = dict(wall)
         for _ in range(2):  # alternate the sides so that load from other processes hits them alike
@@ -180,21 +225,36 @@ def main():
                 w, c = timed(fn, args.repeats)
                 wall[name], cpu[name] = min(wall[name], w), min(cpu[name], c)
     destroy_distributed()
-    result = {
-        "metric": "update_policy_tokens_per_s (per CPU second of this process; wall-clock figures alongside)",
-        "megatron_tokens_per_s": round(tokens / cpu["megatron"], 1),
-        "pytorch_baseline_tokens_per_s": round(tokens / cpu["trimmed"], 1),
-        "ratio": round(cpu["trimmed"] / cpu["megatron"], 3),
-        "pytorch_padded_baseline_tokens_per_s": round(tokens / cpu["padded"], 1),
-        "ratio_vs_padded": round(cpu["padded"] / cpu["megatron"], 3),
-        "wall_megatron_tokens_per_s": round(tokens / wall["megatron"], 1),
-        "wall_pytorch_baseline_tokens_per_s": round(tokens / wall["trimmed"], 1),
-        "wall_ratio": round(wall["trimmed"] / wall["megatron"], 3),
-        "tokens_per_update": int(tokens), "rows": args.rows, "prompt": args.prompt, "response": args.response,
-        "hidden": args.hidden, "layers": args.layers, "vocab": args.vocab, "micro_batch": args.micro_batch,
-        "mini_batch": args.mini_batch, "threads": args.threads, "tp": 1, "pp": 1, "dp": 1, "device": "cpu",
-        "dtype": "float32",
-    }
+    shape = {"tokens_per_update": int(tokens), "rows": args.rows, "prompt": args.prompt, "response": args.response,
+             "hidden": args.hidden, "layers": args.layers, "vocab": args.vocab, "micro_batch": args.micro_batch,
+             "mini_batch": args.mini_batch, "threads": args.threads, "tp": 1, "pp": 1, "dp": 1, "device": "cpu",
+             "dtype": "float32", "lengths": args.lengths}
+    if args.lengths == "skewed":
+        rlens = batch["response_mask"].sum(-1).float()
+        over_real = padded_tokens(batch, args) / tokens
+        speedup = cpu["padded"] / cpu["packed"]
+        result = {
+            "metric": "update_policy real tokens/s, packed (THD) over padded micro-batches (per CPU second)",
+            "packed_speedup": round(speedup, 3),
+            "padded_over_real": round(over_real, 3),
+            "goal": round(0.7 * over_real, 3), "meets_goal": speedup >= 0.7 * over_real,
+            "packed_tokens_per_s": round(tokens / cpu["packed"], 1),
+            "padded_tokens_per_s": round(tokens / cpu["padded"], 1),
+            "wall_packed_speedup": round(wall["padded"] / wall["packed"], 3),
+            "response_len_median": float(rlens.median()), "response_len_max": float(rlens.max()), **shape,
+        }
+    else:
+        result = {
+            "metric": "update_policy_tokens_per_s (per CPU second of this process; wall-clock figures alongside)",
+            "megatron_tokens_per_s": round(tokens / cpu["megatron"], 1),
+            "pytorch_baseline_tokens_per_s": round(tokens / cpu["trimmed"], 1),
+            "ratio": round(cpu["trimmed"] / cpu["megatron"], 3),
+            "pytorch_padded_baseline_tokens_per_s": round(tokens / cpu["padded"], 1),
+            "ratio_vs_padded": round(cpu["padded"] / cpu["megatron"], 3),
+            "wall_megatron_tokens_per_s": round(tokens / wall["megatron"], 1),
+            "wall_pytorch_baseline_tokens_per_s": round(tokens / wall["trimmed"], 1),
+            "wall_ratio": round(wall["trimmed"] / wall["megatron"], 3), **shape,
+        }
     print("RESULT " + json.dumps(result))
 
 

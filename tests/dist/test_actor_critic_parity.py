@@ -4,7 +4,11 @@ The reference is the transformers model holding the same HF weights, with the sa
 ttrl_megatron.algorithms computed on each WHOLE mini-batch (no micro-batching, no global-count plumbing) and
 torch.optim.AdamW + clip_grad_norm_. One spawn per layout runs every check (spawns cost ~3-5 s each):
 log-probs + entropy, one update_policy (2 mini-batches, >= 2 micro-batches per rank), the same update with dynamic
-micro-batches (loss values must not depend on micro-batching), compute_values and update_critic.
+micro-batches (loss values must not depend on micro-batching), compute_values and update_critic -- all with packed
+(THD) micro-batches, the default -- then the same log-probs, update and critic with padded (right-aligned) rows,
+packed against padded too; and the chunked log-prob computation against the unchunked full-logits one (values and
+gradients, vocabulary-parallel at TP2). Each layout also builds its models with some fusion / overlap / recompute
+settings that run on CPU (LAYOUTS), which must not change results.
 Adam's first steps are nearly invariant to the gradient's scale, so the grad norm (before clipping) is compared
 too: it pins the loss scaling that parameter parity alone would miss.
 """
@@ -169,14 +173,55 @@ def _param_err(megatron_model, ref_model, skip=()):
     return err
 
 
-def _build_policy(arch, hf_dir, value_head=False):
+def _build_policy(arch, hf_dir, value_head=False, perf=None):
     from ttrl_megatron.megatron.hf_io import load_hf_weights
     from ttrl_megatron.megatron.model import build_gpt_model
 
-    model = build_gpt_model(arch, value_head=value_head)
+    model = build_gpt_model(arch, value_head=value_head, perf=perf)
     if not value_head:
         load_hf_weights(model, hf_dir)
     return [model]
+
+
+def _chunked_logprob_checks(seed: int = 0) -> dict:
+    """chunked_logprobs vs unchunked_logprobs (full logits, megatron's vocab-parallel CE) on this rank's vocabulary
+    shard: values and d/d(hidden), d/d(weight), with and without the entropy's gradient (vocab 390 of 400 padded:
+    the last TP rank owns padding rows; temperature 0.7; chunk 8 over 37 positions)."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    from ttrl_megatron.megatron.logprobs import chunked_logprobs, unchunked_logprobs
+
+    tp, rank = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
+    g = torch.Generator().manual_seed(seed)
+    n, h, vocab, padded = 37, 16, 390, 400
+    hidden = torch.randn(n, h, generator=g)
+    weight_full = torch.randn(padded, h, generator=g) * 0.5
+    targets = torch.randint(0, vocab, (n,), generator=g)
+    g_lp, g_ent = torch.randn(n, generator=g), torch.randn(n, generator=g)
+    local = padded // tp
+    out = {}
+    for entropy_grad in (False, True):
+        grads = []
+        for chunked in (True, False):
+            hid = hidden.clone().requires_grad_()
+            w = weight_full[rank * local:(rank + 1) * local].clone().requires_grad_()
+            x = tensor_parallel.copy_to_tensor_model_parallel_region(hid)  # as model.py emit_hidden prepares it
+            if chunked:
+                lp, ent = chunked_logprobs(x, w, targets, vocab_size=vocab, temperature=0.7, chunk_size=8,
+                                           with_entropy=True, entropy_grad=entropy_grad)
+            else:
+                lp, ent = unchunked_logprobs((x @ w.t())[None], targets[None], vocab, 0.7, True)
+                lp, ent = lp[0], (ent[0] if entropy_grad else ent[0].detach())
+            loss = (lp * g_lp).sum() + (ent * g_ent).sum()
+            loss.backward()
+            grads.append((lp.detach(), ent.detach(), hid.grad, w.grad))
+        (a_lp, a_ent, a_h, a_w), (b_lp, b_ent, b_h, b_w) = grads
+        tag = "ent_grad" if entropy_grad else "no_ent_grad"
+        out[f"chunk_{tag}_logprob_err"] = float((a_lp - b_lp).abs().max())
+        out[f"chunk_{tag}_entropy_err"] = float((a_ent - b_ent).abs().max())
+        out[f"chunk_{tag}_hidden_grad_err"] = float((a_h - b_h).abs().max())
+        out[f"chunk_{tag}_weight_grad_err"] = float((a_w - b_w).abs().max())
+    return out
 
 
 def _rank_checks(hf_dir: str, tp: int, pp: int, variant: dict) -> dict:
@@ -192,23 +237,31 @@ def _rank_checks(hf_dir: str, tp: int, pp: int, variant: dict) -> dict:
 
     import torch.distributed as dist
 
+    from ttrl_megatron.config.perf import PerfSettings
+
     layout = ParallelLayout.from_world(dist.get_world_size(), tp, pp)
     init_distributed(layout, seed=1)
     arch = ModelArchConfig.from_hf(hf_dir)
     hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
     batch = make_batch()
     mask = batch["response_mask"].float()
-    out = {}
+    perf = PerfSettings(**variant["perf"])
+    out = _chunked_logprob_checks()
 
-    # 1. log-probs and entropy (frozen reference engine: no optimizer)
-    lp_cfg = LogProbConfig(micro_batch_size_per_gpu=variant["micro"], temperature=TEMPERATURE)
-    ref_engine = MegatronActor(_build_policy(arch, hf_dir), lp_cfg)
-    lp, ent = ref_engine.compute_log_prob(DataProto(dict(batch)), calculate_entropy=True)
+    # 1. log-probs and entropy (frozen reference engine: no optimizer), packed and padded
+    lp_cfg = LogProbConfig(micro_batch_size_per_gpu=variant["micro"], temperature=TEMPERATURE, chunk_size=3)
     with torch.no_grad():
         hf_lp, hf_ent = hf_forward(hf, batch)
-    out["logprob_err"] = _max_masked_err(lp, hf_lp, mask)
-    out["entropy_err"] = _max_masked_err(ent, hf_ent, mask)
-    out["masked_zero"] = float((lp * (1 - mask)).abs().max())
+    packed_lp = {}
+    for packed in (True, False):
+        ref_engine = MegatronActor(_build_policy(arch, hf_dir, perf=perf), lp_cfg, packed=packed, perf=perf)
+        lp, ent = ref_engine.compute_log_prob(DataProto(dict(batch)), calculate_entropy=True)
+        tag = "" if packed else "padded_"
+        out[f"{tag}logprob_err"] = _max_masked_err(lp, hf_lp, mask)
+        out[f"{tag}entropy_err"] = _max_masked_err(ent, hf_ent, mask)
+        out[f"{tag}masked_zero"] = float((lp * (1 - mask)).abs().max())
+        packed_lp[packed] = lp
+    out["packed_vs_padded_logprob_err"] = _max_masked_err(packed_lp[True], packed_lp[False], mask)
 
     # 2. update_policy: 2 mini-batches, fixed micro-batches; then the same with dynamic micro-batches
     batch["old_log_probs"] = hf_lp + batch["noise0"]
@@ -221,9 +274,9 @@ def _rank_checks(hf_dir: str, tp: int, pp: int, variant: dict) -> dict:
                                   loss_agg_mode=variant["agg"], entropy_coeff=0.01, use_kl_loss=True,
                                   kl_loss_coef=0.1, kl_loss_type="low_var_kl", clip_ratio=0.2)
     ref_model, ref_losses, ref_norms = reference_policy_update(hf, batch, actor_cfg, optim)
-    for name, cfg in (("fixed", actor_cfg),
-                      ("dynamic", dataclasses.replace(actor_cfg, use_dynamic_bsz=True, ppo_max_token_len_per_gpu=20))):
-        actor = MegatronActor(_build_policy(arch, hf_dir), lp_cfg, cfg, optim)
+    dynamic = dataclasses.replace(actor_cfg, use_dynamic_bsz=True, ppo_max_token_len_per_gpu=20)
+    for name, cfg, packed in (("fixed", actor_cfg, True), ("dynamic", dynamic, True), ("padded", dynamic, False)):
+        actor = MegatronActor(_build_policy(arch, hf_dir, perf=perf), lp_cfg, cfg, optim, packed=packed, perf=perf)
         metrics = actor.update_policy(DataProto(dict(batch)))
         out[f"actor_{name}_param_err"] = _param_err(actor.model[0], ref_model)
         out[f"actor_{name}_loss_err"] = abs(metrics["actor/loss"] - sum(ref_losses) / len(ref_losses))
@@ -236,15 +289,16 @@ def _rank_checks(hf_dir: str, tp: int, pp: int, variant: dict) -> dict:
     critic_cfg = CriticEngineConfig(ppo_mini_batch_size=2, rows_per_prompt=2,
                                     ppo_micro_batch_size_per_gpu=variant["micro"], cliprange_value=0.2,
                                     loss_agg_mode=variant["agg"])
-    chunks = _build_policy(arch, hf_dir, value_head=True)
-    load_critic_weights(chunks[0], hf_dir, head_w)
-    critic = MegatronCritic(chunks, critic_cfg, optim)
-    values = critic.compute_values(DataProto(dict(batch)))
     with torch.no_grad():
         head = torch.nn.Linear(arch.hidden_size, 1, bias=False)
         head.weight.copy_(head_w)
         hf_values = hf_forward(hf, batch, value_head=head)
-    out["values_err"] = _max_masked_err(values, hf_values, mask)
+    for packed in (False, True):  # the packed critic is the one updated below
+        chunks = _build_policy(arch, hf_dir, value_head=True, perf=perf)
+        load_critic_weights(chunks[0], hf_dir, head_w)
+        critic = MegatronCritic(chunks, critic_cfg, optim, packed=packed, perf=perf)
+        values = critic.compute_values(DataProto(dict(batch)))
+        out["values_err" if packed else "padded_values_err"] = _max_masked_err(values, hf_values, mask)
     batch["values"] = hf_values + batch["noise2"]
     ref_critic, ref_head, c_losses, c_norms = reference_critic_update(hf, head_w, batch, critic_cfg, optim)
     cmetrics = critic.update_critic(DataProto(dict(batch)))
@@ -263,9 +317,15 @@ def _rank_checks(hf_dir: str, tp: int, pp: int, variant: dict) -> dict:
 LAYOUTS = {
     # tp, pp, variant (micro-batch rows per rank, loss_agg_mode, grad clip, distributed optimizer).
     # Mini-batch = 4 rows: DP=2 gives 2 per rank.
-    "tp2": (2, 1, dict(micro=2, agg="token-mean", clip=1.0, distopt=False)),
-    "pp2": (1, 2, dict(micro=1, agg="seq-mean-token-mean", clip=0.05, distopt=False)),
-    "dp2": (1, 1, dict(micro=1, agg="seq-mean-token-sum-norm", clip=1.0, distopt=True)),
+    # perf: fusions / overlap / recompute that run on CPU (config/perf.py PerfSettings).
+    "tp2": (2, 1, dict(micro=2, agg="token-mean", clip=1.0, distopt=False,
+                       perf=dict(bias_activation_fusion=True, recompute_granularity="selective",
+                                 recompute_modules=("core_attn",)))),
+    "pp2": (1, 2, dict(micro=1, agg="seq-mean-token-mean", clip=0.05, distopt=False,
+                       perf=dict(overlap_grad_reduce=True, recompute_granularity="full", recompute_method="uniform",
+                                 recompute_num_layers=1))),
+    "dp2": (1, 1, dict(micro=1, agg="seq-mean-token-sum-norm", clip=1.0, distopt=True,
+                       perf=dict(overlap_grad_reduce=True, overlap_param_gather=True, bias_activation_fusion=True))),
 }
 
 
@@ -282,15 +342,17 @@ def test_engines_match_single_process_reference(hf_dir, name):
         errors = {k: v for k, v in res.items() if k.endswith("_err")}
         bad = {k: v for k, v in errors.items() if not v <= TOL}
         assert not bad, f"{name} rank {rank}: {bad} (all: {errors})"
-        assert res["masked_zero"] == 0.0
-        for kind in ("fixed", "dynamic"):
+        assert res["masked_zero"] == 0.0 and res["padded_masked_zero"] == 0.0
+        for kind in ("fixed", "dynamic", "padded"):
             m = res[f"actor_{kind}_metrics"]
             assert {"actor/pg_loss", "actor/pg_clipfrac", "actor/pg_clipfrac_lower", "actor/ppo_kl", "actor/entropy",
                     "actor/kl_loss", "actor/grad_norm", "actor/lr"} <= set(m), sorted(m)
             assert m["actor/lr"] == pytest.approx(1e-3)
         # micro-batching must not change any loss-valued metric
         for key in ("actor/pg_loss", "actor/entropy", "actor/kl_loss", "actor/pg_clipfrac", "actor/ppo_kl"):
-            assert res["actor_fixed_metrics"][key] == pytest.approx(res["actor_dynamic_metrics"][key], abs=1e-6), key
+            for kind in ("dynamic", "padded"):
+                assert res["actor_fixed_metrics"][key] == pytest.approx(res[f"actor_{kind}_metrics"][key],
+                                                                        abs=1e-6), (kind, key)
         assert {"critic/vf_loss", "critic/vf_clipfrac", "critic/vpred_mean", "critic/grad_norm", "critic/lr"} <= set(
             res["critic_metrics"])
     assert results[0]["actor_fixed_metrics"] == pytest.approx(results[1]["actor_fixed_metrics"])

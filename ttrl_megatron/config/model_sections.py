@@ -14,7 +14,8 @@ class ModelConfig:
     path: Optional[str] = None  # HF model directory (config.json + weights + tokenizer); required
     load_format: str = "auto"  # weights format at `path`: auto | hf | nemo2 | mbridge | megatron_lm
     enable_gradient_checkpointing: bool = False  # recompute activations in backward (megatron full recompute)
-    use_remove_padding: bool = False  # pack sequences without pad tokens for the forward (verl name)
+    use_remove_padding: bool = True  # pack each micro-batch's sequences end to end, no pad tokens (THD; verl name)
+    logprob_chunk_size: int = 512  # response tokens per chunk of the log-prob/entropy computation (output layer fused)
     trust_remote_code: bool = False  # passed to transformers when reading the HF config/tokenizer
     external_lib: Optional[str] = None  # modules to import on every rank, comma-separated (verl name): user algorithms
     override_config: dict[str, Any] = field(default_factory=dict)  # HF config attributes to override (verl name)
@@ -36,6 +37,32 @@ class OptimConfig:
 
 
 @dataclass(kw_only=True)
+class TransformerOverrideConfig:
+    """megatron-core TransformerConfig knobs (verl: `megatron.override_transformer_config`; megatron's names).
+
+    null = chosen by the stack at start-up: on where the kernel exists (Transformer Engine / Apex / CUDA), off on
+    CPU. An explicit True the stack cannot honour is refused by validate(), naming the field.
+    """
+
+    apply_rope_fusion: Optional[bool] = None  # TE fused RoPE; null = on when Transformer Engine is used
+    bias_activation_fusion: bool = True  # fused bias + SwiGLU (torch.jit; runs on every stack)
+    masked_softmax_fusion: Optional[bool] = None  # fused scale+mask+softmax kernel; null = on with CUDA (TE or kernel)
+    gradient_accumulation_fusion: Optional[bool] = None  # wgrad GEMM into fp32 main_grad; null = on with Apex's kernel
+    recompute_granularity: Optional[str] = None  # full | selective; null = full iff enable_gradient_checkpointing
+    recompute_method: Optional[str] = None  # full recompute: uniform | block; null = uniform
+    recompute_num_layers: Optional[int] = None  # full recompute: layers per checkpoint (uniform/block); null = 1
+    recompute_modules: list[str] = field(default_factory=lambda: ["core_attn"])  # selective: what is recomputed
+
+
+@dataclass(kw_only=True)
+class DDPOverrideConfig:
+    """megatron-core DistributedDataParallelConfig knobs (verl: `megatron.override_ddp_config`; megatron's names)."""
+
+    overlap_grad_reduce: bool = True  # reduce grads bucket by bucket during backward (NeMo-RL default; any stack)
+    overlap_param_gather: Optional[bool] = None  # gather updated params during the next forward; null = on w/ distopt
+
+
+@dataclass(kw_only=True)
 class MegatronConfig:
     """The actor's Megatron layout. megatron-core keeps ONE parallel layout per process, so ref and critic share it."""
 
@@ -43,7 +70,7 @@ class MegatronConfig:
     pipeline_model_parallel_size: int = 1  # PP degree (pipeline stages)
     virtual_pipeline_model_parallel_size: Optional[int] = None  # interleaved PP chunks per stage; null = off
     context_parallel_size: int = 1  # CP degree; only 1 is supported for now
-    sequence_parallel: bool = False  # megatron sequence parallelism (needs TP > 1 and TE/Apex: GPU only)
+    sequence_parallel: Optional[bool] = None  # megatron SP; null = on iff TP > 1 with Transformer Engine (verl)
     use_distributed_optimizer: bool = True  # shard optimizer state over DP ranks (verl default)
     seed: int = 42  # megatron model-parallel RNG seed (same on every rank; TP ranks get offsets)
     dtype: str = "bfloat16"  # parameter/compute dtype of the Megatron model: bfloat16 | float16 | float32
@@ -52,6 +79,10 @@ class MegatronConfig:
     grad_offload: bool = False  # keep gradient buffers on host memory between updates (GPU only)
     use_dist_checkpointing: bool = False  # load initial weights from a megatron dist checkpoint instead of HF
     dist_checkpointing_path: Optional[str] = None  # that checkpoint's directory when use_dist_checkpointing
+    # fusions / recompute of every model (actor, reference, critic: one model family per process)
+    override_transformer_config: TransformerOverrideConfig = field(default_factory=TransformerOverrideConfig)
+    # gradient reduce / param gather overlap of the trained models (actor and critic)
+    override_ddp_config: DDPOverrideConfig = field(default_factory=DDPOverrideConfig)
 
 
 @dataclass(kw_only=True)
@@ -104,7 +135,7 @@ class ActorConfig:
     strategy: str = "megatron"  # training backend; only megatron exists here (verl's fsdp/fsdp2 are rejected)
     ppo_mini_batch_size: int = 256  # PROMPTS per optimizer step, global; x rollout.n rows, split over DP
     ppo_micro_batch_size_per_gpu: Optional[int] = None  # ROWS per fwd/bwd, per-rank; required unless use_dynamic_bsz
-    use_dynamic_bsz: bool = False  # pack micro-batches by token count instead of a fixed row count
+    use_dynamic_bsz: bool = True  # micro-batches by REAL token count (balanced, equal count over DP), not rows
     ppo_max_token_len_per_gpu: int = 16384  # tokens per micro-batch, per-rank, when use_dynamic_bsz
     ppo_epochs: int = 1  # passes over each rollout batch
     shuffle: bool = False  # shuffle rows between ppo epochs
@@ -142,7 +173,7 @@ class RefConfig:
 @dataclass(kw_only=True)
 class CriticModelConfig:
     path: Optional[str] = None  # HF model directory of the value model; null = the actor's model path
-    use_remove_padding: bool = False  # pack sequences without pad tokens (verl name)
+    use_remove_padding: bool = True  # pack each micro-batch's sequences end to end, no pad tokens (THD; verl name)
     enable_gradient_checkpointing: bool = False  # recompute activations in backward
     trust_remote_code: bool = False  # passed to transformers
     override_config: dict[str, Any] = field(default_factory=dict)  # HF config attributes to override

@@ -8,6 +8,7 @@ import os
 
 from . import names as N
 from .errors import ConfigError
+from .perf import StackFacts, resolve_perf
 from .sections import TTRLTrainerConfig
 
 ARR = "actor_rollout_ref"
@@ -31,6 +32,7 @@ def validate(cfg: TTRLTrainerConfig, world_size: int | None = None, *, check_pat
     problems += _check_algorithm(cfg)
     problems += _check_filtering_and_shaping(cfg)
     problems += _check_compat_and_device(cfg)
+    problems += _check_perf(cfg)
     if check_paths:
         problems += _check_paths(cfg)
     if problems:
@@ -162,8 +164,18 @@ def _check_parallel(cfg: TTRLTrainerConfig, world: int, planned: int) -> list[st
     rtp = arr.rollout.tensor_model_parallel_size
     if rtp < 1 or world % rtp:
         p.append(f"{ARR}.rollout.tensor_model_parallel_size={rtp} must divide the world size {world}")
-    if meg.sequence_parallel and (tp == 1 or cfg.trainer.device == "cpu"):
-        p.append(f"{ARR}.actor.megatron.sequence_parallel=True needs tensor_model_parallel_size > 1 and device=cuda")
+    return p
+
+
+def _check_perf(cfg: TTRLTrainerConfig) -> list[str]:
+    """Fusions / overlap / SP / recompute the stack cannot run (config/perf.py), and the log-prob chunk size."""
+    arr = cfg.actor_rollout_ref
+    meg = arr.actor.megatron
+    facts = StackFacts.probe(cfg.trainer.device)
+    _, p = resolve_perf(meg, meg.tensor_model_parallel_size, arr.model.enable_gradient_checkpointing, facts)
+    if not isinstance(arr.model.logprob_chunk_size, int) or arr.model.logprob_chunk_size < 1:
+        p.append(f"{ARR}.model.logprob_chunk_size={arr.model.logprob_chunk_size!r} must be a positive int (response "
+                 f"tokens per chunk of the log-prob computation)")
     return p
 
 

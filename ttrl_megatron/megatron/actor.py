@@ -4,13 +4,16 @@
 Data (verl layout, the SAME full batch on every rank, see engine.py): ``input_ids/attention_mask [B, P+R]``
 (left-padded prompt + right-padded response), ``responses [B, R]``, ``response_mask [B, R]`` (optional: taken
 from ``attention_mask[:, -R:]``); for updates also ``old_log_probs``, ``advantages`` and, with ``use_kl_loss``,
-``ref_log_prob`` (all ``[B, R]``). ``position_ids`` are not read: megatron's RoPE uses positions 0..T-1, which on a
-left-padded row differ from HF's mask-derived positions by a per-row constant, and rotary attention depends only
-on position DIFFERENCES, so the result is the same.
+``ref_log_prob`` (all ``[B, R]``). ``position_ids`` are not read: each micro-batch is laid out packed (THD) or
+right-aligned (packing.py), so every sequence's positions start at 0 as HF derives them from the mask.
 
 Log-prob of response token t: ``log softmax(logits[P-1+t] / temperature)[responses[t]]`` (temperature as in the
-rollout), computed with megatron's vocab-parallel cross entropy; the entropy with TP all-reduces of
-max / sum-exp / sum p*z (no full-vocab gather). Padded vocabulary rows are excluded.
+rollout), at the response positions only: the model hands back hidden states (model.py ``emit_hidden``) and
+logprobs.py forms the logits in chunks of ``logprob_chunk_size`` positions, vocabulary-parallel (no full-vocab
+gather, no ``[tokens, vocab]`` tensor); padded vocabulary rows are excluded. Entropy: not computed for old /
+reference log-probs (the trainer does not ask for it; ``actor/entropy`` comes from the update); in the update it
+is computed in the same chunk loop (cheap: the chunk's exponentials are already there), with gradient only when
+``entropy_coeff != 0``.
 
 Loss of one mini-batch (reference/algorithms-semantics.md §1.5-§1.7):
 ``pg_loss - entropy_coeff * agg(entropy) + kl_loss_coef * agg(kl_penalty(logp, ref_logp, kl_loss_type))``,
@@ -36,13 +39,15 @@ import torch
 
 from ttrl_megatron.algorithms import ActorLossConfig, PolicyLossSettings, agg_loss, get_policy_loss_fn, kl_penalty
 from ttrl_megatron.megatron.batching import MicroBatch
+from ttrl_megatron.megatron.build import build_model_chunks, engine_perf, reject_model_overrides, reject_unsupported
 from ttrl_megatron.megatron.collectives import device
 from ttrl_megatron.megatron.engine import (
-    BatchingConfig, EngineHandles, GlobalCounts, RoleEngine, build_model_chunks, reject_model_overrides,
-    reject_unsupported, require_keys, response_mask_of, validate_update_settings,
+    BatchingConfig, EngineHandles, GlobalCounts, RoleEngine, require_keys, response_mask_of, validate_update_settings,
 )
-from ttrl_megatron.megatron.logprobs import mask_padded_vocab, response_logprobs, vocab_parallel_entropy
+from ttrl_megatron.megatron.logprobs import chunked_logprobs
+from ttrl_megatron.megatron.model import output_weight
 from ttrl_megatron.megatron.optimizer import OptimConfig
+from ttrl_megatron.megatron.packing import gather_slots, scatter_slots
 from ttrl_megatron.protocol import DataProto
 
 LOG_PROB_KEYS = ("input_ids", "attention_mask", "responses")
@@ -57,12 +62,14 @@ class LogProbConfig:
     max_token_len_per_gpu: int = 16384
     temperature: float = 1.0  # the rollout's sampling temperature (logits / T), as vLLM applies it
     prefix: str = "actor_rollout_ref.rollout"
+    chunk_size: int = 512  # response tokens per chunk of the log-prob computation (model.logprob_chunk_size)
 
     @classmethod
-    def from_config(cls, section, temperature: float, prefix: str) -> "LogProbConfig":
-        """From ``config.RolloutConfig`` (actor's old log-probs) or ``config.RefConfig`` (reference log-probs)."""
+    def from_config(cls, section, temperature: float, prefix: str, chunk_size: int = 512) -> "LogProbConfig":
+        """From ``config.RolloutConfig`` (actor's old log-probs) or ``config.RefConfig`` (reference log-probs);
+        ``chunk_size`` = ``actor_rollout_ref.model.logprob_chunk_size``."""
         return cls(section.log_prob_micro_batch_size_per_gpu, bool(section.log_prob_use_dynamic_bsz),
-                   section.log_prob_max_token_len_per_gpu, temperature, prefix)
+                   section.log_prob_max_token_len_per_gpu, temperature, prefix, chunk_size)
 
     def batching(self) -> BatchingConfig:
         return BatchingConfig(self.micro_batch_size_per_gpu, self.use_dynamic_bsz, self.max_token_len_per_gpu,
@@ -159,17 +166,22 @@ class MegatronActor(EngineHandles):
         *,
         gradient_checkpointing: bool = False,
         param_offload: bool = False,
+        packed: bool = True,
+        perf=None,
     ):
         if (config is None) != (optim is None):
             raise ValueError("MegatronActor: pass both config and optim (actor) or neither (frozen reference)")
         log_prob.batching().validate()
         if not log_prob.temperature > 0:
             raise ValueError(f"{log_prob.prefix}.temperature must be > 0, got {log_prob.temperature}")
+        if not isinstance(log_prob.chunk_size, int) or log_prob.chunk_size < 1:
+            raise ValueError(f"actor_rollout_ref.model.logprob_chunk_size must be a positive int, got "
+                             f"{log_prob.chunk_size!r}")
         if config is not None:
             config.validate()
         self.log_prob_config, self.config = log_prob, config
         self.engine = RoleEngine(model_chunks, optim, gradient_checkpointing=gradient_checkpointing,
-                                 param_offload=param_offload)
+                                 param_offload=param_offload, packed=packed, perf=perf)
 
     # -- forward-only -----------------------------------------------------------------------------------------------
     def compute_log_prob(self, data: DataProto, calculate_entropy: bool = False
@@ -180,12 +192,9 @@ class MegatronActor(EngineHandles):
         require_keys(tensors, LOG_PROB_KEYS, "compute_log_prob")
         keys = [k for k in (*LOG_PROB_KEYS, "response_mask") if k in tensors]
         out_keys = ("log_probs", "entropy") if calculate_entropy else ("log_probs",)
-        vocab, temperature = self.engine.arch.vocab_size, self.log_prob_config.temperature
 
         def fn(mb: MicroBatch, output: torch.Tensor):
-            p, r = mb.prompt_width, mb.response_width
-            lp, ent = response_logprobs(output[:, p - 1: p + r - 1], mb.tensors["responses"], vocab, temperature,
-                                        with_entropy=calculate_entropy)
+            lp, ent = self._logprobs(output, mb, with_entropy=calculate_entropy, entropy_grad=False)
             return None, ({"log_probs": lp, "entropy": ent} if calculate_entropy else {"log_probs": lp})
 
         out = self.engine.forward_rows(tensors, keys, self.log_prob_config.batching(), fn, out_keys)
@@ -219,9 +228,8 @@ class MegatronActor(EngineHandles):
     def _policy_loss(self, counts: GlobalCounts, scale: float, loss_cfg: ActorLossConfig, mb: MicroBatch,
                      output: torch.Tensor):
         cfg, t = self.config, mb.tensors
-        p, r = mb.prompt_width, mb.response_width
-        lp, _ = response_logprobs(output[:, p - 1: p + r - 1], t["responses"], self.engine.arch.vocab_size,
-                                  self.log_prob_config.temperature, with_entropy=False)
+        # log-probs and the entropy in one chunk loop; the entropy carries a gradient only for the entropy bonus
+        lp, entropy = self._logprobs(output, mb, with_entropy=True, entropy_grad=cfg.entropy_coeff != 0)
         mask = response_mask_of(t)
         # verl's global_batch_info: this shard's share of the whole mini-batch (dp_size=1: the engine rescales).
         loss_cfg.global_batch_info.update(dp_size=1, batch_num_tokens=counts.tokens, global_batch_size=counts.seqs,
@@ -242,7 +250,6 @@ class MegatronActor(EngineHandles):
                    for k, v in pg_metrics.items()}
         outputs["pg_loss"] = pg_loss.detach()
         loss = pg_loss
-        entropy = self._entropy(output, mb, grad=cfg.entropy_coeff != 0)
         entropy_agg = agg(entropy)
         outputs["entropy"] = entropy_agg.detach()
         if cfg.entropy_coeff != 0:
@@ -251,39 +258,44 @@ class MegatronActor(EngineHandles):
             kl_agg = agg(kl_penalty(lp, t["ref_log_prob"], cfg.kl_loss_type))
             loss = loss + cfg.kl_loss_coef * kl_agg
             outputs["kl_loss"] = kl_agg.detach()
-            outputs["kl_coef"] = torch.tensor(cfg.kl_loss_coef * weight)  # host: a metric, read with float()
+            outputs["kl_coef"] = torch.tensor(cfg.kl_loss_coef * weight)  # host: a logged constant
         return loss, outputs
 
-    def _entropy(self, output: torch.Tensor, mb: MicroBatch, grad: bool) -> torch.Tensor:
-        """Per-token entropy ``[b, R']`` of the response positions (with gradient only for the entropy bonus)."""
-        p, r = mb.prompt_width, mb.response_width
-        logits = output[:, p - 1: p + r - 1]
-        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            z = logits if grad else logits.detach()
-            scaled = mask_padded_vocab(z.float() / self.log_prob_config.temperature, self.engine.arch.vocab_size)
-            return vocab_parallel_entropy(scaled)
+    def _logprobs(self, output: torch.Tensor, mb: MicroBatch, *, with_entropy: bool, entropy_grad: bool
+                  ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Log-probs (and entropy) ``[b, R']`` of the micro-batch's response tokens from the last stage's hidden
+        states ``output [r, T, h]``; zero outside the valid response slots."""
+        lay, cfg = mb.layout, self.log_prob_config
+        targets = mb.tensors["responses"][lay.rows, lay.cols]
+        lp, ent = chunked_logprobs(gather_slots(output, lay), output_weight(self.engine.model[-1]), targets,
+                                   vocab_size=self.engine.arch.vocab_size, temperature=cfg.temperature,
+                                   chunk_size=cfg.chunk_size, with_entropy=with_entropy, entropy_grad=entropy_grad)
+        shape = (mb.num_rows, mb.response_width)
+        return scatter_slots(lp, lay, shape), (scatter_slots(ent, lay, shape) if ent is not None else None)
 
 
 def build_actor(model, actor, rollout, prefix: str = "actor_rollout_ref") -> MegatronActor:
     """The trainable actor from ``config.ModelConfig``, ``config.ActorConfig`` and ``config.RolloutConfig``
-    (old log-probs use the rollout's temperature and log_prob_* micro-batching, as verl).
-
-    ``model.use_remove_padding`` is accepted either way: padding columns are always trimmed per micro-batch;
-    token packing (THD) is not used (megatron's local attention cannot take packed sequences without TE).
-    """
+    (old log-probs use the rollout's temperature and log_prob_* micro-batching, as verl). Packing
+    (``model.use_remove_padding``), fusions and overlap (``actor.megatron``) as configured."""
     reject_model_overrides(model, f"{prefix}.model")
     engine_cfg = ActorEngineConfig.from_config(actor, rollout.n, f"{prefix}.actor")
     optim = OptimConfig.from_config(actor.optim, actor.megatron.use_distributed_optimizer, f"{prefix}.actor.optim")
-    log_prob = LogProbConfig.from_config(rollout, rollout.temperature, f"{prefix}.rollout")
-    chunks = build_model_chunks(model.path, actor.megatron.dtype)
+    log_prob = LogProbConfig.from_config(rollout, rollout.temperature, f"{prefix}.rollout", model.logprob_chunk_size)
+    perf = engine_perf(actor.megatron, model.enable_gradient_checkpointing, f"{prefix}.actor.megatron")
+    chunks = build_model_chunks(model.path, actor.megatron.dtype, perf=perf)
     return MegatronActor(chunks, log_prob, engine_cfg, optim,
-                         gradient_checkpointing=model.enable_gradient_checkpointing)
+                         gradient_checkpointing=model.enable_gradient_checkpointing,
+                         packed=model.use_remove_padding, perf=perf)
 
 
-def build_reference(model, ref, rollout, dtype: str, prefix: str = "actor_rollout_ref") -> MegatronActor:
+def build_reference(model, ref, rollout, dtype: str, prefix: str = "actor_rollout_ref", megatron=None
+                    ) -> MegatronActor:
     """The frozen reference policy (no optimizer) from ``config.ModelConfig`` and ``config.RefConfig``;
-    ``dtype`` = ``actor.megatron.dtype``."""
+    ``dtype`` = ``actor.megatron.dtype``; ``megatron`` = ``actor.megatron`` (its fusions; None = all off)."""
     reject_model_overrides(model, f"{prefix}.model")
     reject_unsupported(ref.megatron, f"{prefix}.ref.megatron", trainable=False)
-    log_prob = LogProbConfig.from_config(ref, rollout.temperature, f"{prefix}.ref")
-    return MegatronActor(build_model_chunks(model.path, dtype), log_prob, param_offload=ref.megatron.param_offload)
+    log_prob = LogProbConfig.from_config(ref, rollout.temperature, f"{prefix}.ref", model.logprob_chunk_size)
+    perf = engine_perf(megatron, False, f"{prefix}.actor.megatron") if megatron is not None else None
+    return MegatronActor(build_model_chunks(model.path, dtype, perf=perf), log_prob,
+                         param_offload=ref.megatron.param_offload, packed=model.use_remove_padding, perf=perf)

@@ -1,8 +1,9 @@
 """The Megatron value engine (PPO critic): ``compute_values`` and ``update_critic`` over megatron-core schedules.
 
 Model: the policy's GPTModel trunk with a TP-replicated ``Linear(hidden, 1)`` value head (``build_gpt_model(...,
-value_head=True)``), initialised from the HF causal LM (``load_critic_weights``: trunk from the checkpoint, the head
-zero as verl's fresh critic, or given).
+value_head=True)``), initialised from the HF causal LM (build.py ``load_critic_weights``: trunk from the checkpoint,
+the head zero as verl's fresh critic, or given). Micro-batches are packed (``critic.model.use_remove_padding``) or
+right-aligned, and the head's outputs are read at the response positions only (packing.py).
 
 Values (as verl): the value of the state BEFORE each response token, i.e. the head's output at sequence positions
 ``P-1 .. P+R-2`` -> ``values [B, R]``, zeroed where ``response_mask`` is 0.
@@ -25,11 +26,15 @@ import torch
 
 from ttrl_megatron.algorithms import compute_value_loss, masked_mean
 from ttrl_megatron.megatron.batching import MicroBatch
+from ttrl_megatron.megatron.build import (  # noqa: F401 - load_critic_weights re-exported (its home is build.py)
+    build_model_chunks, engine_perf, load_critic_weights, reject_model_overrides, reject_unsupported,
+)
 from ttrl_megatron.megatron.engine import (
-    BatchingConfig, EngineHandles, GlobalCounts, RoleEngine, build_model_chunks, reject_model_overrides,
-    reject_unsupported, require_keys, response_mask_of, unwrap, validate_update_settings,
+    BatchingConfig, EngineHandles, GlobalCounts, RoleEngine, require_keys, response_mask_of, unwrap,
+    validate_update_settings,
 )
 from ttrl_megatron.megatron.optimizer import OptimConfig
+from ttrl_megatron.megatron.packing import gather_slots, scatter_slots
 from ttrl_megatron.protocol import DataProto
 
 VALUE_KEYS = ("input_ids", "attention_mask", "responses")
@@ -82,30 +87,18 @@ class CriticEngineConfig:
                               f"{self.prefix}.forward_micro_batch_size_per_gpu / ppo_max_token_len_per_gpu")
 
 
-def load_critic_weights(model: torch.nn.Module, hf_dir: str, head_weight: Optional[torch.Tensor] = None) -> None:
-    """Fill a value model stage from an HF causal LM: trunk from ``hf_dir`` (``hf_io.load_hf_weights`` loads a
-    value model's trunk only); value head = ``head_weight [1, h]``, zero when None (a fresh critic predicts 0)."""
-    from ttrl_megatron.megatron.hf_io import load_hf_weights
-
-    gpt = unwrap(model)
-    load_hf_weights(gpt, hf_dir)
-    head = getattr(gpt, "output_layer", None)
-    if head is not None:  # only the last pipeline stage holds the head
-        with torch.no_grad():
-            head.weight.copy_(torch.zeros_like(head.weight) if head_weight is None else head_weight.reshape(1, -1))
-
-
 class MegatronCritic(EngineHandles):
     """A value model on megatron-core with its optimizer. ``model_chunks``: this rank's value-model stage(s)
     (``build_gpt_model(arch, value_head=True)``), weights loaded."""
 
     def __init__(self, model_chunks: Sequence[torch.nn.Module], config: CriticEngineConfig, optim: OptimConfig, *,
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, packed: bool = True, perf=None):
         if not getattr(unwrap(model_chunks[0]), "ttrl_value_head", False):
             raise ValueError("MegatronCritic needs a value model: build_gpt_model(arch, value_head=True)")
         config.validate()
         self.config = config
-        self.engine = RoleEngine(model_chunks, optim, gradient_checkpointing=gradient_checkpointing)
+        self.engine = RoleEngine(model_chunks, optim, gradient_checkpointing=gradient_checkpointing, packed=packed,
+                                 perf=perf)
 
     def compute_values(self, data: DataProto) -> torch.Tensor:
         """``values [B, R]`` (state value before each response token) on every rank; 0 where response_mask is 0."""
@@ -144,16 +137,20 @@ class MegatronCritic(EngineHandles):
 
 
 def _response_values(output: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
-    """``[b, T', 1]`` head output -> ``[b, R']`` values at positions P'-1 .. P'+R'-2 (fp32)."""
-    p, r = mb.prompt_width, mb.response_width
-    return output[:, p - 1: p + r - 1, 0].float()
+    """``[r, T, 1]`` head output -> ``[b, R']`` fp32 values at the positions before each response token (packing.py
+    slots; zero outside them)."""
+    values = gather_slots(output, mb.layout)[:, 0].float()
+    return scatter_slots(values, mb.layout, (mb.num_rows, mb.response_width))
 
 
-def build_critic(critic, rows_per_prompt: int, dtype: str, prefix: str = "critic") -> MegatronCritic:
+def build_critic(critic, rows_per_prompt: int, dtype: str, prefix: str = "critic", megatron=None) -> MegatronCritic:
     """The critic from ``config.CriticConfig``: value model initialised from ``critic.model.path`` (HF causal LM
-    trunk + zero value head); ``dtype`` = ``actor.megatron.dtype``; ``rows_per_prompt`` = rollout.n."""
+    trunk + zero value head); ``dtype`` = ``actor.megatron.dtype``; ``rows_per_prompt`` = rollout.n; ``megatron`` =
+    ``actor.megatron`` (fusions, overlap; None = all off)."""
     reject_model_overrides(critic.model, f"{prefix}.model")
     cfg = CriticEngineConfig.from_config(critic, rows_per_prompt, prefix)
     optim = OptimConfig.from_config(critic.optim, critic.megatron.use_distributed_optimizer, f"{prefix}.optim")
-    chunks = build_model_chunks(critic.model.path, dtype, value_head=True)
-    return MegatronCritic(chunks, cfg, optim, gradient_checkpointing=critic.model.enable_gradient_checkpointing)
+    perf = (engine_perf(megatron, critic.model.enable_gradient_checkpointing) if megatron is not None else None)
+    chunks = build_model_chunks(critic.model.path, dtype, value_head=True, perf=perf)
+    return MegatronCritic(chunks, cfg, optim, gradient_checkpointing=critic.model.enable_gradient_checkpointing,
+                          packed=critic.model.use_remove_padding, perf=perf)

@@ -1,18 +1,15 @@
-"""Shared machinery of the actor, reference and critic engines: micro-batches through megatron-core's pipeline
-schedule (``run_schedule``) and ``RoleEngine`` (model chunks + DDP + optimizer, forward-only and training loops),
-plus construction from the typed config (``build_model_chunks``, ``reject_unsupported``).
+"""The engine shared by the actor, reference and critic: ``RoleEngine`` = model chunks (+ DDP, optimizer and lr
+scheduler when trainable) and the two loops every role needs, ``forward_rows`` (forward-only) and ``train``
+(epochs x mini-batches x micro-batches, one optimizer step per mini-batch); plus what the roles share around it.
 
 Data contract: every rank receives the SAME full batch (the driver math runs on every rank, ARCHITECTURE.md).
 A rank processes only its data-parallel share; results are broadcast from the last pipeline stage over the PP
 group and all-gathered over DP (collectives.py), so every rank returns the full ``[B, R]`` result.
 
-Loss scaling, stated once (reference/algorithms-semantics.md §1.6, PLATFORM.md): megatron-core's schedule divides
-the loss returned by the loss function IN PLACE by ``num_microbatches`` (the 2-tuple loss path), and megatron DDP
-pre-multiplies gradients by ``1/dp_size`` before summing them over DP (``average_in_collective=False``). Our
-losses are already additive shares of the global mini-batch loss (global token/sequence counts), so
-``run_schedule`` hands the schedule ``share * num_microbatches * dp_size``: after both divisions the accumulated
-gradient is exactly d(global loss)/d(theta). Logged values are detached clones taken before the schedule touches
-the tensor.
+Micro-batches: a fixed row count, or a token budget (``use_dynamic_bsz``) with the same micro-batch count on every
+DP rank (batching.py); each is trimmed of all-padding columns, then laid out packed (THD, ``packed=True``, the
+default) or right-aligned (packing.py), with sequences aligned to the TP size under sequence parallelism. The
+pipeline schedule and the loss scaling are in schedule.py; model construction from the config in build.py.
 
 Imports megatron.core; must not import vllm, hydra or the trainer.
 """
@@ -26,105 +23,22 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tupl
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
-from megatron.core.pipeline_parallel import get_forward_backward_func
-from megatron.core.utils import get_model_config
 
+from ttrl_megatron.config.perf import PerfSettings
 from ttrl_megatron.megatron import batching
 from ttrl_megatron.megatron.batching import MicroBatch
-from ttrl_megatron.megatron.collectives import (
-    all_gather_dp_rows, all_reduce_dp_sum, broadcast_from_last_stage, device, dp_shard_rows, sum_over_dp_last_stage,
+from ttrl_megatron.megatron.build import (  # noqa: F401 - re-exported: the engines' construction helpers
+    DTYPES, build_model_chunks, engine_perf, reject_model_overrides, reject_unsupported,
 )
-from ttrl_megatron.megatron.model import left_padded_inputs
+from ttrl_megatron.megatron.collectives import (
+    all_gather_dp_rows, all_reduce_dp_sum, broadcast_from_last_stage, dp_shard_rows, sum_over_dp_last_stage,
+)
+from ttrl_megatron.megatron.model import unwrap_model as unwrap
+from ttrl_megatron.megatron.packing import build_layout
+from ttrl_megatron.megatron.schedule import LossFn, Ranks, run_schedule  # noqa: F401 - Ranks re-exported
 
 if TYPE_CHECKING:
     from ttrl_megatron.megatron.optimizer import OptimConfig
-
-# A loss function of one micro-batch: (micro-batch, last-stage model output) -> (loss share or None, outputs).
-LossFn = Callable[[MicroBatch, torch.Tensor], Tuple[Optional[torch.Tensor], Dict[str, torch.Tensor]]]
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The GPTModel inside a megatron DDP / Float16Module wrapper."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
-
-
-@dataclass(frozen=True)
-class Ranks:
-    """This process's coordinates in megatron's parallel state (read once per call)."""
-
-    tp: int
-    tp_size: int
-    pp_size: int
-    dp: int
-    dp_size: int
-    is_last_stage: bool
-
-    @classmethod
-    def current(cls) -> "Ranks":
-        ps = parallel_state
-        return cls(
-            tp=ps.get_tensor_model_parallel_rank(), tp_size=ps.get_tensor_model_parallel_world_size(),
-            pp_size=ps.get_pipeline_model_parallel_world_size(),
-            dp=ps.get_data_parallel_rank(), dp_size=ps.get_data_parallel_world_size(),
-            is_last_stage=ps.is_pipeline_last_stage(),
-        )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the pipeline schedule
-
-
-def _forward_step(loss_fn: LossFn, scale: float, data_iterator, model):
-    mb: MicroBatch = next(data_iterator)
-    dev = device()
-    mb.tensors = t = {k: v.to(dev, non_blocking=True) for k, v in mb.tensors.items()}
-    position_ids, mask = left_padded_inputs(t["attention_mask"])
-    output = model(t["input_ids"], position_ids, mask)
-
-    def loss_func(output_tensor):
-        loss, outputs = loss_fn(mb, output_tensor)
-        if loss is None:  # forward-only: the schedule still wants a scalar it can divide in place
-            return torch.zeros((), device=output_tensor.device), outputs
-        outputs = dict(outputs)
-        outputs["_loss"] = loss.detach().clone()
-        return loss * scale, outputs
-
-    return output, loss_func
-
-
-def run_schedule(
-    model_chunks: Sequence[torch.nn.Module],
-    micro_batches: List[MicroBatch],
-    loss_fn: LossFn,
-    forward_only: bool,
-    dp_size: int = 1,
-) -> List[Dict[str, torch.Tensor]]:
-    """Run ``micro_batches`` through megatron's forward(-backward) schedule; per-micro-batch outputs on the last stage.
-
-    ``loss_fn`` returns this micro-batch's additive share of the global loss (None when forward-only); the
-    share is multiplied by ``num_microbatches * dp_size`` to undo the schedule's and DDP's averaging (module
-    docstring). Non-last pipeline stages get ``[]``. Shapes may vary between micro-batches (dynamic batching):
-    with PP > 1 ``variable_seq_lengths`` is switched on so that stages exchange activation shapes.
-    """
-    if not micro_batches:
-        return []
-    config = get_model_config(model_chunks[0])
-    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
-        config.variable_seq_lengths = True
-    n = len(micro_batches)
-    first = micro_batches[0].tensors["input_ids"]
-    out = get_forward_backward_func()(
-        forward_step_func=partial(_forward_step, loss_fn, float(n * dp_size)),
-        data_iterator=iter(micro_batches),
-        model=list(model_chunks),
-        num_microbatches=n,
-        seq_length=first.shape[1],
-        micro_batch_size=first.shape[0],
-        forward_only=forward_only,
-    )
-    return list(out) if parallel_state.is_pipeline_last_stage() else []
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -137,7 +51,7 @@ class BatchingConfig:
 
     micro_batch_size: Optional[int]  # rows per micro-batch (per rank)
     use_dynamic_bsz: bool
-    max_token_len: int  # padded tokens per micro-batch when use_dynamic_bsz
+    max_token_len: int  # tokens the model processes per micro-batch when use_dynamic_bsz (batching.layout_tokens)
     prefix: str  # config path used in error messages
 
     def validate(self) -> None:
@@ -149,11 +63,13 @@ class BatchingConfig:
             raise ValueError(f"{self.prefix}: the micro batch size per GPU must be a positive int when "
                              f"use_dynamic_bsz is off, got {self.micro_batch_size!r}")
 
-    def split(self, mask: torch.Tensor, rows: torch.Tensor, response_width: int) -> List[torch.Tensor]:
+    def split(self, lengths: torch.Tensor, shares: Sequence[torch.Tensor], rank: int, *, packed: bool,
+              align: int) -> List[torch.Tensor]:
+        """Micro-batches of ``shares[rank]`` as positions into that share. ``lengths [B]``: real tokens per row of
+        the whole batch; ``shares``: every DP rank's row ids (token budgets give every rank the same count)."""
         if self.use_dynamic_bsz:
-            p, r = batching.sequence_lengths(mask, response_width)
-            return batching.split_by_token_budget(rows, p, r, self.max_token_len)
-        return batching.split_fixed(rows, self.micro_batch_size)
+            return batching.plan_token_budget(shares, lengths, rank, self.max_token_len, packed=packed, align=align)
+        return batching.split_fixed(torch.arange(shares[rank].numel()), self.micro_batch_size)  # host: positions
 
 
 @dataclass(frozen=True)
@@ -185,20 +101,29 @@ class RoleEngine:
 
     def __init__(
         self, model_chunks: Sequence[torch.nn.Module], optim: Optional["OptimConfig"], *,
-        gradient_checkpointing: bool = False, param_offload: bool = False,
+        gradient_checkpointing: bool = False, param_offload: bool = False, packed: bool = True,
+        perf: Optional[PerfSettings] = None,
     ):
-        """``model_chunks``: this rank's GPTModel stage(s), weights loaded. ``optim=None`` = frozen model.
+        """``model_chunks``: this rank's GPTModel stage(s), weights loaded (built with ``perf``). ``optim=None`` =
+        frozen model.
 
         gradient_checkpointing: megatron full activation recompute, one layer per checkpoint (verl:
-        ``model.enable_gradient_checkpointing``). param_offload: frozen models only, and only with CUDA: parameters
-        live in host memory and visit the GPU for each ``forward_rows`` call.
+        ``model.enable_gradient_checkpointing``), unless the model was built with a recompute setting.
+        param_offload: frozen models only, and only with CUDA: parameters live in host memory and visit the GPU for
+        each ``forward_rows`` call. packed: THD packing of micro-batches (``model.use_remove_padding``), else
+        right-aligned padded rows. perf: the settings the chunks were built with; its DDP overlap flags apply here.
         """
         from ttrl_megatron.megatron import optimizer as opt
 
         self.arch = unwrap(model_chunks[0]).ttrl_arch
         self.optim_config = optim
+        self.perf = perf or PerfSettings()
+        self.packed = packed
         config = model_chunks[0].config
-        if gradient_checkpointing:
+        # Sequence parallelism splits the token dim over TP: every sequence (packed) or row width (padded) is
+        # padded to a multiple of the TP size, as verl and NeMo-RL do.
+        self.align = config.tensor_model_parallel_size if config.sequence_parallel else 1
+        if gradient_checkpointing and config.recompute_granularity is None:
             # Read by TransformerBlock at forward time, so setting them on the built model's config is enough.
             config.recompute_granularity, config.recompute_method, config.recompute_num_layers = "full", "uniform", 1
         if param_offload and (optim is not None or not torch.cuda.is_available()):
@@ -218,7 +143,10 @@ class RoleEngine:
             self.model, self.optimizer, self.scheduler = list(model_chunks), None, None
         else:
             optim.validate()
-            self.model = opt.wrap_ddp(model_chunks, optim.use_distributed_optimizer)
+            # (a critic may run without the distributed optimizer while the actor's section turns the gather on)
+            self.overlap_param_gather = self.perf.overlap_param_gather and optim.use_distributed_optimizer
+            self.model = opt.wrap_ddp(model_chunks, optim.use_distributed_optimizer, self.perf.overlap_grad_reduce,
+                                      self.overlap_param_gather)
             self.optimizer = opt.build_optimizer(optim, self.model)
             self.scheduler = opt.build_scheduler(optim, self.optimizer)
 
@@ -261,11 +189,11 @@ class RoleEngine:
         are zeroed so results do not depend on how rows were grouped.
         """
         ranks = Ranks.current()
-        width = tensors["responses"].shape[1]
-        rows = dp_shard_rows(tensors["responses"].shape[0], ranks.dp, ranks.dp_size)
+        num_rows, width = tensors["responses"].shape
+        shares = [dp_shard_rows(num_rows, r, ranks.dp_size) for r in range(ranks.dp_size)]
+        rows = shares[ranks.dp]
         local = {k: tensors[k][rows] for k in keys}
-        mbs = [batching.trim_columns(local, r, width, keys)
-               for r in plan.split(local["attention_mask"], torch.arange(rows.numel()), width)]  # host: row ids
+        mbs = self._micro_batches(tensors, local, keys, plan, shares, ranks.dp, width)
         with torch.no_grad(), self._on_device():
             outs = run_schedule(self.model, mbs, loss_fn, forward_only=True)
         mask = response_mask_of(local).to(torch.float32)
@@ -274,9 +202,21 @@ class RoleEngine:
             if ranks.is_last_stage:
                 value = batching.scatter_rows(mbs, [o[key].float().cpu() for o in outs], rows.numel(), width) * mask
             else:
-                value = torch.empty(rows.numel(), width, dtype=torch.float32)  # host: moved by the broadcast
+                value = torch.empty(rows.numel(), width, dtype=torch.float32)  # host: results come back there
             result[key] = all_gather_dp_rows(broadcast_from_last_stage(value))
         return result
+
+    def _micro_batches(self, tensors, local, keys, plan: BatchingConfig, shares, rank: int, width: int
+                       ) -> List[MicroBatch]:
+        """This rank's micro-batches of ``local`` (= ``tensors`` at ``shares[rank]``), trimmed and laid out."""
+        lengths = tensors["attention_mask"].sum(dim=-1)
+        mbs = []
+        for part in plan.split(lengths, shares, rank, packed=self.packed, align=self.align):
+            mb = batching.trim_columns(local, part, width, keys)
+            mb.layout = build_layout(mb.tensors["input_ids"], mb.tensors["attention_mask"], mb.prompt_width,
+                                     packed=self.packed, align=self.align)
+            mbs.append(mb)
+        return mbs
 
     @contextlib.contextmanager
     def _on_device(self):
@@ -311,24 +251,32 @@ class RoleEngine:
         totals: Dict[str, float] = {}
         steps = 0
         for _ in range(epochs):
-            order = torch.randperm(num_rows, generator=gen) if shuffle else None  # host: row ids
-            for rows in batching.mini_batch_rows(num_rows, mini_batch_rows, ranks.dp, ranks.dp_size, order):
-                metrics = self._train_step(tensors, keys, plan, rows, width, ranks, loss_fn)
-                for k, v in metrics.items():
-                    totals[k] = totals.get(k, 0.0) + v
+            order = torch.randperm(num_rows, generator=gen) if shuffle else None
+            shares = [batching.mini_batch_rows(num_rows, mini_batch_rows, r, ranks.dp_size, order)
+                      for r in range(ranks.dp_size)]
+            for k in range(len(shares[0])):
+                metrics = self._train_step(tensors, keys, plan, [share[k] for share in shares], width, ranks,
+                                           loss_fn)
+                for name, v in metrics.items():
+                    totals[name] = totals.get(name, 0.0) + v
                 steps += 1
+        if self.overlap_param_gather:
+            # The last step's updated parameters are otherwise all-gathered only in the next forward's pre-hooks;
+            # weight export, checkpoints and log-prob passes read them directly.
+            for chunk in self.model:
+                chunk.start_param_sync(force_sync=True)
         return {k: v / max(steps, 1) for k, v in totals.items()}, steps
 
-    def _train_step(self, tensors, keys, plan, rows, width, ranks: Ranks, loss_fn) -> Dict[str, float]:
+    def _train_step(self, tensors, keys, plan, shares, width, ranks: Ranks, loss_fn) -> Dict[str, float]:
         from ttrl_megatron.megatron.optimizer import current_lr
 
+        rows = shares[ranks.dp]
         local = {k: tensors[k][rows] for k in keys}
         mask = response_mask_of(local)
-        counts_vec = all_reduce_dp_sum(torch.tensor(  # host: all_reduce_dp_sum moves it
+        counts_vec = all_reduce_dp_sum(torch.tensor(  # host: all_reduce_dp_sum moves it to the device
             [float(mask.sum()), float((mask.sum(-1) > 0).sum())], dtype=torch.float64))
         counts = GlobalCounts(tokens=float(counts_vec[0]), seqs=float(counts_vec[1]))
-        mbs = [batching.trim_columns(local, r, width, keys)
-               for r in plan.split(local["attention_mask"], torch.arange(rows.numel()), width)]  # host: row ids
+        mbs = self._micro_batches(tensors, local, keys, plan, shares, ranks.dp, width)
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
@@ -339,7 +287,8 @@ class RoleEngine:
             grad_norm = self.optimizer.get_grad_norm()
         names = sorted(outs[0]) if outs else []
         names = _agree_on_names(names)
-        local_sums = torch.tensor([sum(float(o[n]) for o in outs) for n in names], dtype=torch.float64)  # host: moved by the reduce
+        local_sums = torch.tensor([sum(float(o[n]) for o in outs) for n in names],  # host: moved by the sum
+                                  dtype=torch.float64)
         summed = sum_over_dp_last_stage(local_sums)
         metrics = {n: float(v) for n, v in zip(names, summed)}
         metrics["grad_norm"], metrics["lr"] = float(grad_norm), lr
@@ -356,74 +305,6 @@ def _agree_on_names(names: List[str]) -> List[str]:
         group=parallel_state.get_pipeline_model_parallel_group(),
     )
     return box[0]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# construction from the typed config (ttrl_megatron.config sections)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def build_model_chunks(hf_dir: str, dtype: str, *, value_head: bool = False,
-                       load_format: str = "auto") -> List[torch.nn.Module]:
-    """This rank's model stage(s) for the HF checkpoint ``hf_dir``, weights loaded (a value model gets the HF
-    trunk and a zero value head). Needs megatron's parallel state (``parallel.init_distributed``).
-
-    ``load_format`` (``model.load_format``): a folder without ``config.json`` (or a non-``hf`` format) is a NeMo-2,
-    Megatron-Bridge / NeMo-RL, Megatron-LM or ttrl checkpoint, read by ``megatron/foreign`` (format detected and
-    checked against ``load_format``)."""
-    import os
-
-    from ttrl_megatron.megatron.arch import ModelArchConfig
-    from ttrl_megatron.megatron.hf_io import load_hf_weights
-    from ttrl_megatron.megatron.model import build_gpt_model
-
-    if dtype not in DTYPES:
-        raise ValueError(f"megatron.dtype={dtype!r} is not one of {sorted(DTYPES)}")
-    if load_format not in ("auto", "hf") or not os.path.isfile(os.path.join(hf_dir, "config.json")):
-        from ttrl_megatron.megatron.foreign.api import load_initial_model
-
-        return [load_initial_model(hf_dir, load_format, DTYPES[dtype], value_head=value_head)]
-    model = build_gpt_model(ModelArchConfig.from_hf(hf_dir), value_head=value_head, params_dtype=DTYPES[dtype])
-    if value_head:
-        from ttrl_megatron.megatron.critic import load_critic_weights
-
-        load_critic_weights(model, hf_dir)
-    else:
-        load_hf_weights(model, hf_dir)
-    return [model]
-
-
-def reject_model_overrides(model, prefix: str) -> None:
-    """``*.model.override_config`` would change the architecture read from config.json; not supported here."""
-    if model.override_config:
-        raise ValueError(f"{prefix}.override_config={dict(model.override_config)} is not supported by the megatron "
-                         "engine (the architecture comes from the checkpoint's config.json); remove it")
-
-
-def reject_unsupported(megatron, prefix: str, *, trainable: bool) -> None:
-    """One clear error for a ``*.megatron`` knob this engine cannot honour (checked when an engine is built).
-
-    ``megatron`` is ``config.MegatronConfig`` (actor) or ``config.RoleMegatronConfig`` (ref, critic).
-    """
-    offloads = [n for n in ("param_offload", "optimizer_offload", "grad_offload") if getattr(megatron, n)]
-    if trainable and offloads:
-        raise ValueError(f"{prefix}.{offloads[0]}=True is not implemented for a trained model (actor/critic) in this "
-                         "megatron engine; set it False (only the frozen reference supports param_offload, on GPU)")
-    if not trainable and set(offloads) - {"param_offload"}:
-        raise ValueError(f"{prefix}: only param_offload applies to the frozen reference model; got {offloads}")
-    from ttrl_megatron.config import MegatronConfig
-
-    if isinstance(megatron, MegatronConfig):
-        if megatron.virtual_pipeline_model_parallel_size not in (None, 1):
-            raise ValueError(f"{prefix}.virtual_pipeline_model_parallel_size="
-                             f"{megatron.virtual_pipeline_model_parallel_size}: the interleaved schedule is not "
-                             "supported by this engine yet; set it to null")
-        if megatron.context_parallel_size != 1:
-            raise ValueError(f"{prefix}.context_parallel_size={megatron.context_parallel_size}: only 1 is supported")
-        if megatron.sequence_parallel:
-            raise ValueError(f"{prefix}.sequence_parallel=True is not supported by this engine (needs TE/Apex norms "
-                             "and sequence-sharded activations); set it False")
 
 
 class EngineHandles:

@@ -1,8 +1,11 @@
 """Megatron DDP wrapping, optimizer (Adam/AdamW, optional distributed optimizer) and lr schedule for an engine.
 
-- ``wrap_ddp``: megatron-core ``DistributedDataParallel`` around each model chunk (fp32 grad buffers, no overlap),
-  and ``finalize_model_grads`` as the config hook, which all-reduces grads over DP and, under PP with tied
-  embeddings, over the embedding group.
+- ``wrap_ddp``: megatron-core ``DistributedDataParallel`` around each model chunk (fp32 grad buffers), and
+  ``finalize_model_grads`` as the config hook, which all-reduces grads over DP and, under PP with tied
+  embeddings, over the embedding group. With ``overlap_grad_reduce`` each bucket is reduced as soon as its grads
+  are complete in the last micro-batch's backward (the schedule runs the others under ``no_sync``, as
+  Megatron-LM's training loop sets it up); with ``overlap_param_gather`` (distributed optimizer) the updated
+  parameter shards are all-gathered bucket by bucket in the next forward's pre-hooks.
 - ``build_optimizer``: ``get_megatron_optimizer`` with gradient clipping by global norm (``clip_grad``; 0 = off),
   decoupled weight decay (AdamW) skipped for biases and 1-D parameters (megatron's standard rule).
 - ``build_scheduler``: megatron's ``OptimizerParamScheduler`` stepped once per ``update`` call (verl's unit: one
@@ -89,14 +92,19 @@ class OptimConfig:
         return self.lr * self.min_lr_ratio
 
 
-def wrap_ddp(model_chunks: Sequence[torch.nn.Module], use_distributed_optimizer: bool) -> List[DistributedDataParallel]:
-    """Megatron DDP around each chunk; sets ``finalize_model_grads`` as the schedule's gradient hook.
+def wrap_ddp(model_chunks: Sequence[torch.nn.Module], use_distributed_optimizer: bool,
+             overlap_grad_reduce: bool = False, overlap_param_gather: bool = False) -> List[DistributedDataParallel]:
+    """Megatron DDP around each chunk; sets ``finalize_model_grads`` as the schedule's gradient hook (and the
+    ``no_sync`` hook when reduces overlap the backward).
 
     Gradients are scaled by 1/dp and summed (megatron's default); the engine's loss scaling undoes the 1/dp.
     """
+    if overlap_param_gather and not (use_distributed_optimizer and overlap_grad_reduce):
+        raise ValueError("overlap_param_gather needs use_distributed_optimizer and overlap_grad_reduce")
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
-        overlap_grad_reduce=False,
+        overlap_grad_reduce=overlap_grad_reduce,
+        overlap_param_gather=overlap_param_gather,
         use_distributed_optimizer=use_distributed_optimizer,
         average_in_collective=False,
     )
@@ -108,6 +116,9 @@ def wrap_ddp(model_chunks: Sequence[torch.nn.Module], use_distributed_optimizer:
         ))
     config = model_chunks[0].config
     config.finalize_model_grads_func = finalize_model_grads
+    if overlap_grad_reduce:  # grads are reduced only in the last micro-batch's backward
+        no_sync = [chunk.no_sync for chunk in wrapped]
+        config.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
     config.grad_scale_func = None  # fp32 training: no loss scaling
     return wrapped
 

@@ -44,7 +44,7 @@ def balance_permutation(seq_lengths: torch.Tensor, dp_size: int, mini_batch_rows
         lengths = seq_lengths[start:start + mini_batch_rows].tolist()
         for group in equal_size_partitions(lengths, dp_size):
             order.extend(start + i for i in group)
-    return torch.tensor(order, dtype=torch.long)
+    return torch.tensor(order, dtype=torch.long)  # host: a permutation of the host batch
 
 
 def seqlen_metrics(seq_lengths: torch.Tensor, dp_size: int, perm: torch.Tensor | None, mini_batch_rows: int

@@ -46,11 +46,11 @@ def model_arch(model):
     return ModelArchConfig.from_hf(model.path, **dict(model.override_config))
 
 
-def _policy_model(arch, path: str, dtype: torch.dtype):
+def _policy_model(arch, path: str, dtype: torch.dtype, perf=None):
     from ttrl_megatron.megatron.hf_io import load_hf_weights
     from ttrl_megatron.megatron.model import build_gpt_model
 
-    model = build_gpt_model(arch, params_dtype=dtype)
+    model = build_gpt_model(arch, params_dtype=dtype, perf=perf)
     load_hf_weights(model, path)
     return model
 
@@ -73,39 +73,50 @@ def build_actor(actor: ActorConfig, rollout: RolloutConfig, model: ModelConfig, 
     length when ``optim.total_training_steps`` is unset.
     """
     from ttrl_megatron.megatron.actor import ActorEngineConfig, LogProbConfig, MegatronActor
+    from ttrl_megatron.megatron.build import engine_perf
 
     prefix = "actor_rollout_ref.actor"
     engine_cfg = dataclasses.replace(ActorEngineConfig.from_config(actor, rows_per_prompt, prefix), seed=seed)
-    chunk = _policy_model(arch, model.path, DTYPES[actor.megatron.dtype])
-    return MegatronActor([chunk], LogProbConfig.from_config(rollout, rollout.temperature, "actor_rollout_ref.rollout"),
-                         engine_cfg, _optim(actor.optim, actor.megatron.use_distributed_optimizer, total_steps,
-                                            f"{prefix}.optim"),
-                         gradient_checkpointing=model.enable_gradient_checkpointing)
+    perf = engine_perf(actor.megatron, model.enable_gradient_checkpointing)
+    chunk = _policy_model(arch, model.path, DTYPES[actor.megatron.dtype], perf)
+    log_prob = LogProbConfig.from_config(rollout, rollout.temperature, "actor_rollout_ref.rollout",
+                                         model.logprob_chunk_size)
+    return MegatronActor([chunk], log_prob, engine_cfg, _optim(actor.optim, actor.megatron.use_distributed_optimizer,
+                                                               total_steps, f"{prefix}.optim"),
+                         gradient_checkpointing=model.enable_gradient_checkpointing,
+                         packed=model.use_remove_padding, perf=perf)
 
 
-def build_reference(ref: RefConfig, model: ModelConfig, arch, dtype: str, temperature: float):
-    """The frozen reference policy (same initial weights as the actor)."""
+def build_reference(ref: RefConfig, model: ModelConfig, arch, dtype: str, temperature: float, megatron=None):
+    """The frozen reference policy (same initial weights as the actor); ``megatron`` = ``actor.megatron`` (the
+    fusions every model of the process shares; None = all off)."""
     from ttrl_megatron.megatron.actor import LogProbConfig, MegatronActor
-    from ttrl_megatron.megatron.engine import reject_unsupported
+    from ttrl_megatron.megatron.build import engine_perf, reject_unsupported
 
     reject_unsupported(ref.megatron, "actor_rollout_ref.ref.megatron", trainable=False)
-    chunk = _policy_model(arch, model.path, DTYPES[dtype])
-    return MegatronActor([chunk], LogProbConfig.from_config(ref, temperature, "actor_rollout_ref.ref"),
-                         param_offload=ref.megatron.param_offload)
+    perf = engine_perf(megatron, False) if megatron is not None else None
+    chunk = _policy_model(arch, model.path, DTYPES[dtype], perf)
+    log_prob = LogProbConfig.from_config(ref, temperature, "actor_rollout_ref.ref", model.logprob_chunk_size)
+    return MegatronActor([chunk], log_prob, param_offload=ref.megatron.param_offload, packed=model.use_remove_padding,
+                         perf=perf)
 
 
-def build_critic(critic: CriticConfig, dtype: str, rows_per_prompt: int, total_steps: int, seed: int):
-    """The value model: the policy trunk from critic.model.path + a zero-initialised value head."""
-    from ttrl_megatron.megatron.critic import CriticEngineConfig, MegatronCritic, load_critic_weights
+def build_critic(critic: CriticConfig, dtype: str, rows_per_prompt: int, total_steps: int, seed: int, megatron=None):
+    """The value model: the policy trunk from critic.model.path + a zero-initialised value head; ``megatron`` =
+    ``actor.megatron`` (fusions, overlap; None = all off)."""
+    from ttrl_megatron.megatron.build import engine_perf, load_critic_weights
+    from ttrl_megatron.megatron.critic import CriticEngineConfig, MegatronCritic
     from ttrl_megatron.megatron.model import build_gpt_model
 
     arch = model_arch(critic.model)
-    chunk = build_gpt_model(arch, value_head=True, params_dtype=DTYPES[dtype])
+    perf = engine_perf(megatron, critic.model.enable_gradient_checkpointing) if megatron is not None else None
+    chunk = build_gpt_model(arch, value_head=True, params_dtype=DTYPES[dtype], perf=perf)
     load_critic_weights(chunk, critic.model.path)
     engine_cfg = dataclasses.replace(CriticEngineConfig.from_config(critic, rows_per_prompt, "critic"), seed=seed)
     return MegatronCritic([chunk], engine_cfg, _optim(critic.optim, critic.megatron.use_distributed_optimizer,
                                                       total_steps, "critic.optim"),
-                          gradient_checkpointing=critic.model.enable_gradient_checkpointing)
+                          gradient_checkpointing=critic.model.enable_gradient_checkpointing,
+                          packed=critic.model.use_remove_padding, perf=perf)
 
 
 def build_rollout_engine(rollout: RolloutConfig, model: ModelConfig, rank: int, run_dir: str):

@@ -68,10 +68,10 @@ class TTRLTrainer:
         self.n_samples = ttrl.n_samples_per_prompt if ttrl else arr.rollout.n
         arch = B.model_arch(arr.model)
         self.actor = B.build_actor(arr.actor, arr.rollout, arr.model, arch, self.n_samples, self.total_steps, tr.seed)
-        self.ref = (B.build_reference(arr.ref, arr.model, arch, arr.actor.megatron.dtype, arr.rollout.temperature)
-                    if need_reference_policy(cfg) else None)
+        self.ref = (B.build_reference(arr.ref, arr.model, arch, arr.actor.megatron.dtype, arr.rollout.temperature,
+                                      arr.actor.megatron) if need_reference_policy(cfg) else None)
         self.critic = (B.build_critic(cfg.critic, arr.actor.megatron.dtype, self.n_samples,
-                                      self.total_steps, tr.seed) if need_critic(cfg) else None)
+                                      self.total_steps, tr.seed, arr.actor.megatron) if need_critic(cfg) else None)
         self.engine = B.build_rollout_engine(arr.rollout, arr.model, self.rank, tr.run_dir)
         self.weight_sync = B.build_weight_sync(self.actor, self.engine, arch, arr.rollout.sync,
                                                 arr.rollout.max_model_len)

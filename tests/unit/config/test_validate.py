@@ -47,11 +47,13 @@ CASES = {  # id: (field changes, world_size or None, text the message must conta
     "train_batch_not_multiple_of_mini": ({f"{ARR}.actor.ppo_mini_batch_size": 5}, None,
                                          f"must be a multiple of {ARR}.actor.ppo_mini_batch_size=5"),
     "rows_not_divisible_by_dp": ({"trainer.n_gpus_per_node": 3}, None, "divisible by the data-parallel size 3"),
-    "micro_does_not_divide_mini": ({f"{ARR}.actor.ppo_micro_batch_size_per_gpu": 3}, None,
+    "micro_does_not_divide_mini": ({f"{ARR}.actor.ppo_micro_batch_size_per_gpu": 3,
+                                    f"{ARR}.actor.use_dynamic_bsz": False}, None,
                                    f"{ARR}.actor.ppo_micro_batch_size_per_gpu=3 must divide the per-rank mini-batch"),
-    "micro_not_set": ({f"{ARR}.actor.ppo_micro_batch_size_per_gpu": None}, None,
-                      f"{ARR}.actor.ppo_micro_batch_size_per_gpu is not set"),
-    "critic_batches_checked_when_enabled": ({"critic.enable": True, "critic.ppo_micro_batch_size_per_gpu": 3}, None,
+    "micro_not_set": ({f"{ARR}.actor.ppo_micro_batch_size_per_gpu": None, f"{ARR}.actor.use_dynamic_bsz": False},
+                      None, f"{ARR}.actor.ppo_micro_batch_size_per_gpu is not set"),
+    "critic_batches_checked_when_enabled": ({"critic.enable": True, "critic.ppo_micro_batch_size_per_gpu": 3,
+                                             "critic.use_dynamic_bsz": False}, None,
                                             "critic.ppo_micro_batch_size_per_gpu=3 must divide"),
     "samples_exceed_votes": ({"ttrl.n_samples_per_prompt": 32, f"{ARR}.rollout.n": 32}, None,
                              "ttrl.n_samples_per_prompt=32 exceeds ttrl.n_votes_per_prompt=16"),
@@ -108,6 +110,24 @@ CASES = {  # id: (field changes, world_size or None, text the message must conta
     "cpu_prefill_budget": ({f"{ARR}.rollout.max_num_seqs": 4096}, None,
                            f"{ARR}.rollout.max_num_seqs=4096 x data.max_prompt_length"),
     "float16_on_cpu": ({f"{ARR}.rollout.dtype": "float16"}, None, "float16 is not supported"),
+    "rope_fusion_needs_te": ({f"{ARR}.actor.megatron.override_transformer_config.apply_rope_fusion": True}, None,
+                             f"{ARR}.actor.megatron.override_transformer_config.apply_rope_fusion=True needs "
+                             "Transformer Engine"),
+    "softmax_fusion_needs_cuda_kernel": ({f"{ARR}.actor.megatron.override_transformer_config.masked_softmax_fusion":
+                                          True}, None, "override_transformer_config.masked_softmax_fusion=True needs"),
+    "grad_accum_fusion_needs_apex": ({f"{ARR}.actor.megatron.override_transformer_config."
+                                      "gradient_accumulation_fusion": True}, None,
+                                     "gradient_accumulation_fusion=True needs Apex"),
+    "sequence_parallel_needs_te_and_tp": ({f"{ARR}.actor.megatron.sequence_parallel": True}, None,
+                                          f"{ARR}.actor.megatron.sequence_parallel=True needs "
+                                          "tensor_model_parallel_size > 1"),
+    "param_gather_overlap_needs_distopt": ({f"{ARR}.actor.megatron.override_ddp_config.overlap_param_gather": True},
+                                           None, "overlap_param_gather=True needs "
+                                           f"{ARR}.actor.megatron.use_distributed_optimizer=True"),
+    "bad_recompute_granularity": ({f"{ARR}.actor.megatron.override_transformer_config.recompute_granularity":
+                                   "some"}, None, "recompute_granularity='some'"),
+    "logprob_chunk_size_positive": ({f"{ARR}.model.logprob_chunk_size": 0}, None,
+                                    f"{ARR}.model.logprob_chunk_size=0 must be a positive int"),
     "dynamic_bsz_token_budget_below_one_sequence": ({f"{ARR}.actor.use_dynamic_bsz": True,
                                                      f"{ARR}.actor.ppo_max_token_len_per_gpu": 10}, None,
                                                     f"{ARR}.actor.ppo_max_token_len_per_gpu=10 is below one full"),

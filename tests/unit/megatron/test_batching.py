@@ -37,23 +37,50 @@ def test_split_fixed_keeps_order_and_last_short():
     assert [p.tolist() for p in parts] == [[0, 1], [2, 3], [4]]
 
 
-def test_token_budget_bounds_padded_tokens_and_covers_every_row():
-    prompt_lens = torch.tensor([5, 1, 2, 5, 3, 1, 4])
-    response_lens = torch.tensor([4, 1, 1, 3, 2, 4, 1])
+LENGTHS = torch.tensor([9, 2, 3, 8, 5, 5, 5])  # real tokens per row
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_token_budget_bounds_processed_tokens_and_covers_every_row(packed):
     budget = 12
-    parts = batching.split_by_token_budget(torch.arange(7), prompt_lens, response_lens, budget)
+    parts = batching.split_by_token_budget(torch.arange(7), LENGTHS, budget, packed=packed)
     assert sorted(torch.cat(parts).tolist()) == list(range(7))
     for part in parts:
-        padded = part.numel() * (int(prompt_lens[part].max()) + int(response_lens[part].max()))
-        assert padded <= budget
+        assert batching.layout_tokens(LENGTHS[part], packed) <= budget
         assert part.tolist() == sorted(part.tolist())
     # a looser budget never needs more micro-batches
-    assert len(batching.split_by_token_budget(torch.arange(7), prompt_lens, response_lens, 100)) == 1
+    assert len(batching.split_by_token_budget(torch.arange(7), LENGTHS, 100, packed=packed)) == 1
+
+
+def test_packed_budget_counts_real_tokens_and_balances():
+    # 37 real tokens: 4 micro-batches of <= 12 packed tokens, balanced (LPT greedy); padded rows would need more
+    parts = batching.split_by_token_budget(torch.arange(7), LENGTHS, 12, packed=True)
+    loads = sorted(int(LENGTHS[p].sum()) for p in parts)
+    assert len(parts) == 4 and loads[-1] - loads[0] <= 3, loads
+    assert len(batching.split_by_token_budget(torch.arange(7), LENGTHS, 12, packed=False)) > 4
+
+
+def test_layout_tokens_and_alignment():
+    lens = torch.tensor([3, 5])
+    assert batching.layout_tokens(lens, True) == 8 and batching.layout_tokens(lens, False) == 10
+    assert batching.layout_tokens(lens, True, align=4) == 12 and batching.layout_tokens(lens, False, align=4) == 16
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_every_dp_rank_gets_the_same_micro_batch_count(packed):
+    lengths = torch.tensor([9, 9, 9, 9, 1, 1, 1, 1])  # rank 0 holds the long rows
+    shares = [torch.arange(0, 4), torch.arange(4, 8)]
+    plans = [batching.plan_token_budget(shares, lengths, r, 10, packed=packed) for r in range(2)]
+    assert len(plans[0]) == len(plans[1]) == 4
+    for r, plan in enumerate(plans):
+        assert sorted(torch.cat(plan).tolist()) == [0, 1, 2, 3]  # positions within the share
+        for part in plan:
+            assert batching.layout_tokens(lengths[shares[r][part]], packed) <= 10
 
 
 def test_token_budget_smaller_than_one_sequence_is_an_error():
     with pytest.raises(ValueError, match="ppo_max_token_len_per_gpu"):
-        batching.split_by_token_budget(torch.arange(2), torch.tensor([5, 1]), torch.tensor([4, 1]), 8)
+        batching.split_by_token_budget(torch.arange(2), torch.tensor([9, 2]), 8, packed=True)
 
 
 def test_trim_cuts_only_all_padding_columns():
