@@ -1,14 +1,12 @@
 """``rollout_is_weights`` from the batch to the policy loss, on the real Megatron actor (one spawned rank).
 
-Plumbing (this branch): the actor ships the batch's ``rollout_is_weights [B, R]`` to every micro-batch, row- and
+Plumbing: the actor ships the batch's ``rollout_is_weights [B, R]`` to every micro-batch, row- and
 column-aligned with that micro-batch's responses (each row's weights are ``row id + 1 + t / 100`` on its valid tokens,
 so a misaligned row or column is caught), and an update without the key is bit-identical to one before the key
 existed (same metrics, same weights).
 
-Effect (the HELPERS.md contract: the `verl` branch makes the actor pass ``mb.tensors.get("rollout_is_weights")`` to
-``compute_policy_loss``): with every weight 0.5 the first update's pg_loss and pre-clip grad norm are exactly half of
-the unweighted ones (a loss scaled by 0.5 has gradients scaled by 0.5, exactly in binary floating point). Until that
-line is merged the weights reach the micro-batch but not the loss, so this test is an expected (strict) failure.
+Effect (the actor passes ``mb.tensors.get("rollout_is_weights")`` to the policy loss, as verl's actor does): with every weight 0.5 the first update's pg_loss and pre-clip grad norm are exactly half of
+the unweighted ones (a loss scaled by 0.5 has gradients scaled by 0.5, exactly in binary floating point).
 """
 from __future__ import annotations
 
@@ -45,7 +43,7 @@ def _checks(hf_dir: str) -> dict:
     tagged = (torch.arange(rows)[:, None] + 1.0 + torch.arange(cols)[None, :] / 100.0) * mask
     out = {"mismatches": [], "microbatches": 0}
 
-    actor = _build(hf_dir)
+    actor = _build(hf_dir, use_dynamic_bsz=False)  # fixed 2-row micro-batches: several per mini-batch
     original = actor._policy_loss
 
     def recording(counts, scale, gen, mb, output):
