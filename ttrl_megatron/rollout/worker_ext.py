@@ -19,8 +19,29 @@ from collections.abc import Iterable
 import torch
 
 
+def _sampler_generator(device: torch.device) -> torch.Generator:
+    """The generator vLLM's sampler draws from when no request has its own: the device's default generator
+    (`q.exponential_()` on GPU, `torch.randint` of the CPU sampler)."""
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.default_generator
+
+
 class WeightReloadExtension:
-    """Worker-side half of `VLLMRolloutEngine.update_weights`."""
+    """Worker-side half of `VLLMRolloutEngine.update_weights` and of its seeded sampling."""
+
+    def ttrl_seed_sampler(self, seed: int) -> torch.Tensor:
+        """Seed the sampler's generator on this worker's device; returns the previous state (to restore after).
+
+        In-process workers share the caller's generators: restoring keeps the caller's RNG stream untouched."""
+        generator = _sampler_generator(self.device)
+        state = generator.get_state()
+        generator.manual_seed(int(seed))
+        return state
+
+    def ttrl_restore_sampler(self, state: torch.Tensor) -> None:
+        """Put back the generator state returned by `ttrl_seed_sampler`."""
+        _sampler_generator(self.device).set_state(state)
 
     def ttrl_reload_weights(self, weights: Iterable[tuple[str, torch.Tensor]] | bytes) -> int:
         """Load HF-named tensors in place; `weights` is an iterable (in-process) or a safetensors blob (other process).
