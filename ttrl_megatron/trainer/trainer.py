@@ -35,7 +35,7 @@ from . import builders as B
 from .balance import balance_permutation, seqlen_metrics
 from .checkpointing import CheckpointManager, latest_checkpoint
 from .dumps import generation_rows, write_jsonl
-from .generation import TRAIN, generate_batch, sampling_for
+from .generation import TRAIN, RolloutGroups, generate_batch, sampling_for
 from .labels import RewardStep
 from .metrics import PhaseTimer, compute_data_metrics, throughput_metrics
 from .tracking import Tracker, check_loggers
@@ -55,6 +55,7 @@ class TTRLTrainer:
         check_loggers(tr.logger)
         self.layout = B.init_parallel(arr.actor.megatron, tr.device, tr.seed)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.rollout_groups = RolloutGroups(self.rank, self.world, arr.rollout.tensor_model_parallel_size)
         B.resolve_initial_policy(cfg, tr.run_dir)  # NeMo-2 / Megatron-Bridge / Megatron-LM / ours -> an HF folder
         self.tokenizer = load_tokenizer(cfg.data.tokenizer, arr.model.trust_remote_code)
         self.train_loader, val_loader = B.build_loaders(cfg.data, self.tokenizer)
@@ -82,7 +83,7 @@ class TTRLTrainer:
                                        top_p=rollout.top_p, top_k=rollout.top_k,
                                        max_tokens=cfg.data.max_response_length, logprobs=True)
         self.validator = Validator(val_loader, rollout.val_kwargs, engine=self.engine, tokenizer=self.tokenizer,
-                                   grader=self.grader, seed=rollout.seed, rank=self.rank, world=self.world,
+                                   grader=self.grader, seed=rollout.seed, rank=self.rank, groups=self.rollout_groups,
                                    response_length=cfg.data.max_response_length,
                                    dump_dir=tr.validation_data_dir) if val_loader is not None else None
         self.checkpoints = CheckpointManager(
@@ -136,9 +137,10 @@ class TTRLTrainer:
 
     # ------------------------------------------------------------------ phases
     def generate(self, prompts: dict, step: int) -> DataProto:
-        sampling = sampling_for(self.sampling, self.cfg.actor_rollout_ref.rollout.seed, step, TRAIN, self.rank)
+        sampling = sampling_for(self.sampling, self.cfg.actor_rollout_ref.rollout.seed, step, TRAIN,
+                                self.rollout_groups)
         return generate_batch(self.engine, self.tokenizer, prompts, self.n_votes, sampling, step=step,
-                              rank=self.rank, world=self.world, response_length=self.cfg.data.max_response_length)
+                              groups=self.rollout_groups, response_length=self.cfg.data.max_response_length)
 
     def balance(self, batch: DataProto) -> tuple[DataProto, dict]:
         """Reorder rows inside each actor mini-batch so DP ranks get equal token counts (trainer.balance_batch)."""
