@@ -406,10 +406,8 @@ def reject_unsupported(megatron, prefix: str, *, trainable: bool) -> None:
 
     ``megatron`` is ``config.MegatronConfig`` (actor) or ``config.RoleMegatronConfig`` (ref, critic).
     """
+    # A trained role's offloads act around generation from outside the engine (megatron/offload.py).
     offloads = [n for n in ("param_offload", "optimizer_offload", "grad_offload") if getattr(megatron, n)]
-    if trainable and offloads:
-        raise ValueError(f"{prefix}.{offloads[0]}=True is not implemented for a trained model (actor/critic) in this "
-                         "megatron engine; set it False (only the frozen reference supports param_offload, on GPU)")
     if not trainable and set(offloads) - {"param_offload"}:
         raise ValueError(f"{prefix}: only param_offload applies to the frozen reference model; got {offloads}")
     from ttrl_megatron.config import MegatronConfig

@@ -89,8 +89,10 @@ class TTRLTrainer:
         self.checkpoints = CheckpointManager(
             tr.default_local_dir, hf_source_dir=arr.model.path, max_actor_keep=tr.max_actor_ckpt_to_keep,
             max_critic_keep=tr.max_critic_ckpt_to_keep)
+        self.colocate = B.build_colocation(self.engine, self.weight_sync, self.actor, arr.actor.megatron,
+                                           self.critic, cfg.critic.megatron)
         self.global_step = self._resume()
-        self.weight_sync.push()  # the engine must hold the actor's weights (resumed ones included)
+        self.colocate.refit()  # the engine must hold the actor's weights (resumed ones included)
         self.tracker = None
         if self.rank == 0:
             save_resolved(cfg, tr.run_dir)
@@ -180,6 +182,7 @@ class TTRLTrainer:
         with timer("step"):
             with timer("gen"):
                 batch = self.generate(prompts, step)  # B x n_votes rows
+                self.colocate.after_generate()  # the engine sleeps; offloaded trainer state comes back
             with timer("reward"):
                 batch, reward_metrics = self.rewards(batch, step)  # vote, keep n_samples, token_level_scores
             batch, seqlen = self.balance(batch)
@@ -201,7 +204,7 @@ class TTRLTrainer:
             with timer("update_actor"):
                 actor_metrics = self.actor.update_policy(batch)
             with timer("update_weights"):
-                sync_metrics = self.weight_sync.push()
+                sync_metrics = self.colocate.refit()  # wake weights -> push -> wake KV cache (+ parity check)
         self._dump_rollouts(batch, step)
         metrics = {**reward_metrics, **seqlen, **kl_metrics, **adv_metrics, **critic_metrics, **actor_metrics,
                    **sync_metrics,
@@ -249,7 +252,8 @@ class TTRLTrainer:
     def save_checkpoint(self) -> Path:
         extra = {"sampler": self.train_loader.state_dict(),
                  "kl_ctrl": self.kl_ctrl.state_dict() if self.kl_ctrl is not None else None}
-        return self.checkpoints.save(self.global_step, self.roles(), extra)
+        with self.colocate.trainer_state():  # offloaded state back on the device while it is saved
+            return self.checkpoints.save(self.global_step, self.roles(), extra)
 
     def close(self) -> None:
         """Flush loggers, write the metrics plot (rank 0), stop the engine and the grader."""
