@@ -14,14 +14,18 @@ other ranks' collectives complete, then raises.
 Parity check (every `check.freq`-th push, and on demand via `check_parity`): a few fixed sequences are scored
 teacher-forced by the engine (`compute_logprobs`, raw log-probs at temperature 1) and by the actor
 (`compute_log_prob`, with its log-prob temperature set to 1 for the duration of the call). The sequences are the
-model's OWN samples: seeded random prompts, continued by the engine (temperature 1, a fixed seed, EOS ignored) once,
-when the sync is built. Scoring random token ids instead puts most tokens deep in the tail (log-prob -10 to -20),
-where bf16 rounding of the logits moves log-probs by tenths of a nat: a correct bf16 sync then false-alarms.
-The verdict uses the MEAN |logp_rollout - logp_actor| over all ranks' tokens (NeMo-RL's and verl's statistic; a
-healthy dense bf16 pair sits at ~0.01-0.03 nats, reference/gpu-bringup-anchors.md §11) against
-`check.max_mean_logprob_diff`; the max and NeMo-RL's `token_mult_prob_error` (mean exp|d|) are reported too.
-Above the bound it raises `SyncParityError` (default) or warns. A wrong tensor (transposed, stale, scaled) moves
-every token's log-prob and the mean with it (tests/integration/test_bridge_sync.py shows both sides in bf16).
+model's OWN samples: seeded random prompts continued by the engine (temperature 1, a fixed seed, EOS ignored), drawn
+when the sync is built and again after every check (so they are samples of the previously checked policy), rank 0's
+broadcast to all. Scoring random token ids instead puts most tokens deep in the tail (log-probs tens of nats down
+for a trained LM), where bf16 rounding of the logits moves log-probs by tenths of a nat: a correct bf16 sync then
+false-alarms.
+The verdict uses NeMo-RL's `token_mult_prob_error` = mean over all ranks' tokens of exp(|logp_rollout -
+logp_actor|): for small differences its excess over 1 is the mean |dlogp| (a healthy dense bf16 pair sits at
+~0.01-0.03 nats, reference/gpu-bringup-anchors.md §11; NeMo-RL's CI gates it at 1.05-1.1), while a few tokens that
+moved by nats (what a wrong tensor does to the tokens it touches) raise it exponentially instead of averaging away.
+It raises `SyncParityError` (default) or warns when the excess is above `check.max_mult_prob_error`; the mean and
+max |dlogp| are reported too. tests/integration/test_bridge_sync.py shows, with bf16 on both sides, correct syncs
+passing and a transposed, a stale and a scaled tensor failing.
 
 The check's two halves can be split around a colocated refit (rollout/colocate.py): `begin_check` scores the
 actor side BEFORE the push (its weights do not change during a push, and its parameters may be offloaded after it),
@@ -67,9 +71,10 @@ class SyncCheckConfig:
     freq: check after every `freq`-th push (1 = every push; 0 = never, `check_parity` still works on demand).
     num_sequences / prompt_len / response_len / seed: the scored sequences: seeded random prompts of prompt_len
       ids, each continued by response_len tokens the engine samples itself (see the module docstring).
-    max_mean_logprob_diff: bound on the mean |logp_rollout - logp_actor| over the response tokens of every rank.
-      fp32 on both sides agrees to ~1e-6; bf16 on both sides to ~1e-2 (CPU, tiny models, measured in
-      tests/integration/test_bridge_sync.py; the anchors report 0.01-0.03 for real bf16 models on GPU).
+    max_mult_prob_error: bound on token_mult_prob_error - 1 = mean exp(|logp_rollout - logp_actor|) - 1 over the
+      response tokens of every rank (~ the mean |dlogp| when it is small). fp32 on both sides: ~1e-6; bf16 on both
+      sides: ~1e-3 on CPU's tiny models (tests/integration/test_bridge_sync.py), 0.01-0.03 reported for real bf16
+      models on GPU; wrong tensors: 0.08 (a stale embedding) to thousands (a transposed projection).
     on_failure: "raise" (SyncParityError) or "warn" (a RuntimeWarning; the metrics are returned either way).
     """
 
@@ -78,7 +83,7 @@ class SyncCheckConfig:
     prompt_len: int = 8
     response_len: int = 16
     seed: int = 0
-    max_mean_logprob_diff: float = 0.1
+    max_mult_prob_error: float = 0.05
     on_failure: str = "raise"
 
     def __post_init__(self) -> None:
@@ -88,8 +93,8 @@ class SyncCheckConfig:
         for name in ("num_sequences", "prompt_len", "response_len"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"SyncCheckConfig.{name}={getattr(self, name)!r}: must be an int >= 1")
-        if not self.max_mean_logprob_diff > 0:
-            raise ValueError(f"SyncCheckConfig.max_mean_logprob_diff={self.max_mean_logprob_diff!r}: must be > 0")
+        if not self.max_mult_prob_error > 0:
+            raise ValueError(f"SyncCheckConfig.max_mult_prob_error={self.max_mult_prob_error!r}: must be > 0")
         if self.on_failure not in ON_FAILURE:
             raise ValueError(f"SyncCheckConfig.on_failure={self.on_failure!r}: use one of {ON_FAILURE}")
 
@@ -137,14 +142,20 @@ def fixed_sequences(vocab_size: int, check: SyncCheckConfig) -> tuple[list[list[
 def sampled_sequences(engine, vocab_size: int, check: SyncCheckConfig) -> tuple[list[list[int]], list[list[int]]]:
     """Seeded random prompts continued by the engine's own samples (temperature 1, EOS ignored, seed check.seed).
 
-    Every rank gets the same prompts and seed, so the ranks of a rollout TP group call their engine alike; engines
-    holding the same weights return the same continuations."""
+    Every rank gets the same prompts and seed, so the ranks of a rollout TP group call their engine alike; rank 0's
+    continuations are then broadcast, so every rank scores the same sequences. Collective."""
     from ttrl_megatron.rollout.base import SamplingConfig
 
     prompts, _ = fixed_sequences(vocab_size, check)
     sampling = SamplingConfig(temperature=1.0, max_tokens=check.response_len, seed=check.seed, ignore_eos=True,
                               logprobs=False)
-    return prompts, engine.generate(prompts, 1, sampling).response_ids
+    responses = engine.generate(prompts, 1, sampling).response_ids
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # the actor scores them DP-sharded: every rank must hold the very same sequences (rank 0's)
+        box = [responses]
+        dist.broadcast_object_list(box, src=0)
+        responses = box[0]
+    return prompts, responses
 
 
 def verl_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
@@ -299,13 +310,17 @@ class WeightSync:
         if pending is None:
             return {}
         rollout = self.engine.compute_logprobs(pending.prompts, pending.responses)
-        return self._verdict(rollout, pending.actor)
+        metrics = self._verdict(rollout, pending.actor)
+        # the next check scores samples of the policy just pushed, so they stay the model's likely tokens however
+        # far training moves it (samples of an old policy drift into the tail, where bf16 noise grows)
+        self.sequences = sampled_sequences(self.engine, self.facts.vocab_size, self.check)
+        return metrics
 
     def check_parity(self, prompts: Sequence[Sequence[int]] | None = None,
                      responses: Sequence[Sequence[int]] | None = None) -> dict[str, float]:
         """Score sequences (default: the sync's sampled ones) with engine and actor now; return the
         `rollout/actor_logprob_diff_{max,mean}` and `rollout/token_mult_prob_error` metrics and raise or warn
-        (per `check.on_failure`) when the mean exceeds `check.max_mean_logprob_diff`. Collective."""
+        (per `check.on_failure`) when token_mult_prob_error - 1 exceeds `check.max_mult_prob_error`. Collective."""
         if self.actor is None:
             raise ValueError("WeightSync.check_parity needs actor= at construction")
         if prompts is None or responses is None:
@@ -323,11 +338,12 @@ class WeightSync:
 
     def _verdict(self, rollout: Sequence[Sequence[float]], actor: Sequence[Sequence[float]]) -> dict[str, float]:
         metrics = _over_all_ranks(logprob_diff(rollout, actor))
-        mean = metrics["rollout/actor_logprob_diff_mean"]
-        if not mean <= self.check.max_mean_logprob_diff:
-            message = (f"weight sync parity: rollout vs actor log-probs differ by {mean:.3g} nats on average (max "
-                       f"{metrics['rollout/actor_logprob_diff_max']:.3g}) after push {self.pushes}, above "
-                       f"SyncCheckConfig.max_mean_logprob_diff={self.check.max_mean_logprob_diff:g} "
+        excess = metrics["rollout/token_mult_prob_error"] - 1.0
+        if not excess <= self.check.max_mult_prob_error:
+            message = (f"weight sync parity: rollout vs actor token_mult_prob_error = {excess + 1:.4g} (mean |dlogp| "
+                       f"{metrics['rollout/actor_logprob_diff_mean']:.3g}, max "
+                       f"{metrics['rollout/actor_logprob_diff_max']:.3g} nats) after push {self.pushes}, above 1 + "
+                       f"SyncCheckConfig.max_mult_prob_error={self.check.max_mult_prob_error:g} "
                        "(actor_rollout_ref.rollout.sync.logprob_diff_threshold); the rollout engine does not hold the "
                        "actor's weights (mapping/dtype problem?)")
             if self.check.on_failure == "raise":

@@ -21,7 +21,7 @@ class SyncConfig:
     """Actor -> rollout weight push and its parity check (rollout logprobs vs the actor's recomputed logprobs)."""
 
     check_freq: int = 1  # run the parity check every this many weight pushes; 0 = never
-    logprob_diff_threshold: float = 0.1  # bound on the MEAN |logp_rollout - logp_actor| over the check's tokens (the model's own samples), nats; healthy bf16 ~0.01-0.03, fp32 ~1e-6
+    logprob_diff_threshold: float = 0.05  # bound on token_mult_prob_error - 1 = mean exp|logp_rollout - logp_actor| - 1 over the check's tokens (the model's own samples); ~ mean |dlogp|: healthy bf16 0.01-0.03, fp32 ~1e-6
     on_mismatch: str = "raise"  # raise | warn when the threshold is exceeded
     bucket_size_mb: int = 512  # weights are pushed in buckets of about this many MiB (whole vLLM modules; peak extra memory ~ one bucket)
 

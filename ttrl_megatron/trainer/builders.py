@@ -141,7 +141,7 @@ def build_weight_sync(actor, engine, arch, sync: SyncConfig, max_model_len: int)
 
     prompt_len = max(1, min(8, (max_model_len - 1) // 3))
     response_len = max(1, min(16, max_model_len - 1 - prompt_len))
-    check = SyncCheckConfig(freq=sync.check_freq, max_mean_logprob_diff=sync.logprob_diff_threshold,
+    check = SyncCheckConfig(freq=sync.check_freq, max_mult_prob_error=sync.logprob_diff_threshold,
                             on_failure=sync.on_mismatch, prompt_len=prompt_len, response_len=response_len)
     return WeightSync(actor.model, engine, arch, bucket_bytes=sync.bucket_size_mb << 20, check=check, actor=actor)
 
