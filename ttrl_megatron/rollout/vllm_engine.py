@@ -387,6 +387,10 @@ class VLLMRolloutEngine:
         stats.update(seconds=time.perf_counter() - start, skipped=list(grouper.skipped))
         return stats
 
+    def device(self) -> str:
+        """The device the engine's (this rank's) worker runs on, e.g. "cuda:3" under external_launcher."""
+        return self._require_alive().collective_rpc("ttrl_device")[0]
+
     # ------------------------------------------------------------------ memory
     def sleep(self, level: int | None = None) -> None:
         """Free the engine's GPU memory for training (level None = config.sleep_level).

@@ -1,7 +1,8 @@
 """Methods injected into every vLLM worker: `LLM(worker_extension_cls=<this module>.WeightReloadExtension)`.
 
 vLLM mixes this class into its worker class, so `self` is the worker; the engine reaches these methods with
-`llm.collective_rpc("<method>", args=...)`.
+`llm.collective_rpc("<method>", args=...)`. Besides the weight reload: seeding the sampler's generator for one
+`generate` call (and restoring it), and reporting the worker's device.
 
 Why the worker's `reload_weights` and not `model.load_weights`: on CPU the linear weights are repacked after
 loading and replaced by empty placeholders, so a plain `load_weights` fails after start-up; `reload_weights`
@@ -38,6 +39,10 @@ class WeightReloadExtension:
         state = generator.get_state()
         generator.manual_seed(int(seed))
         return state
+
+    def ttrl_device(self) -> str:
+        """The device this worker runs on (with external_launcher: `cuda:LOCAL_RANK`)."""
+        return str(self.device)
 
     def ttrl_restore_sampler(self, state: torch.Tensor) -> None:
         """Put back the generator state returned by `ttrl_seed_sampler`."""
