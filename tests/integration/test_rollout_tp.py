@@ -39,7 +39,7 @@ def _rank(hf_dir: str, run_dir: str) -> dict:
     rank = dist.get_rank()
     engine = VLLMRolloutEngine(VLLMEngineConfig(model_path=hf_dir, dtype="float32", max_model_len=64, kv_cache_gib=1,
                                                 seed=0, tensor_parallel_size=2, run_dir=f"{run_dir}/rank{rank}"))
-    out: dict = {"backend": engine.backend, "device": engine.device()}
+    out: dict = {"backend": engine.backend, "device": engine.device(), "placement": engine.placement()}
     try:
         from vllm.distributed import parallel_state as vps
 
@@ -80,6 +80,9 @@ def test_one_engine_over_two_ranks_matches_transformers(results):
     hf_dir, (r0, r1) = results
     assert r0["backend"] == r1["backend"] == "external_launcher" and r0["device"] == r1["device"] == "cpu"
     assert r0["vllm_tp_ranks"] == r1["vllm_tp_ranks"] == [0, 1]
+    # the worker takes LOCAL_RANK (the device index on GPU), not the uni executor's 0 on every rank
+    assert [r["placement"]["local_rank"] for r in (r0, r1)] == [0, 1]
+    assert [r["placement"]["rank"] for r in (r0, r1)] == [0, 1]
     assert r0["sampled"] == r1["sampled"] and r0["greedy"] == r1["greedy"]  # one model, one answer
     assert len({tuple(r) for r in r0["sampled"][:4]}) == 4  # n=4 distinct samples of prompt 0
     hf = load_hf_model(hf_dir)

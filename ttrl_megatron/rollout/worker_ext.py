@@ -40,9 +40,10 @@ class WeightReloadExtension:
         generator.manual_seed(int(seed))
         return state
 
-    def ttrl_device(self) -> str:
-        """The device this worker runs on (with external_launcher: `cuda:LOCAL_RANK`)."""
-        return str(self.device)
+    def ttrl_placement(self) -> dict:
+        """Where this worker runs: its device (external_launcher: `cuda:LOCAL_RANK`; the uni executor would say
+        `cuda:0` on every rank), the local rank it was given, and its global rank."""
+        return {"device": str(self.device), "local_rank": int(self.local_rank), "rank": int(self.rank)}
 
     def ttrl_restore_sampler(self, state: torch.Tensor) -> None:
         """Put back the generator state returned by `ttrl_seed_sampler`."""
