@@ -5,7 +5,8 @@
 scenario "colocated" (rollout TP=1, an engine per rank): the engine's worker sits on cuda:LOCAL_RANK; CUDA-graph
 generation (enforce_eager resolved as the trainer does on GPU) reproducible per seed; sleep(level 2) frees device
 memory and the wakes take it back (torch.cuda.mem_get_info); a bf16 megatron actor pushes into the engine through
-the colocated refit and the default parity check passes; the refit's GB/s.
+the colocated refit and the default parity check passes; the refit's GB/s and its peak extra device memory
+(torch's allocator: the export's bucket + vLLM's per-layer re-materialization, never a second model copy).
 scenario "tp2" (>= 2 GPUs): one engine over ranks 0-1 (rollout TP=2): identical outputs on both ranks, a push from
 the actor, parity. Each rank writes <out_dir>/<scenario>_rank<r>.json.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+BUCKET_MIB = 64
 PROMPTS = [[17, 42, 99, 5, 230, 11, 64, 8], [8, 8, 150, 77, 3, 19], [201, 33, 64, 12, 9, 48, 100]]
 
 
@@ -78,14 +80,18 @@ def main() -> None:
         out["sampled"] = first.response_ids
         # memory: sleep frees weights + KV cache, the wakes take them back
         actor, arch = _actor(hf_dir)
-        sync = WeightSync(actor.model, engine, arch, check=SyncCheckConfig(), actor=actor)  # default bf16 check
+        sync = WeightSync(actor.model, engine, arch, bucket_bytes=BUCKET_MIB << 20, check=SyncCheckConfig(),
+                          actor=actor)  # the default bf16 check
         colocate = ColocatedRollout(engine, sync)
         awake = _free_gib()
         colocate.after_generate()
         asleep = _free_gib()
         engine.wake_up(["weights"])
         weights_back = _free_gib()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
         stats = sync.load()  # full push after the level-2 sleep
+        out["refit_peak_extra_mib"] = (torch.cuda.max_memory_allocated() - before) / 2**20
         engine.wake_up(["kv_cache"])
         out.update(freed_by_sleep_gib=asleep - awake, weights_wake_gib=asleep - weights_back,
                    kv_wake_gib=weights_back - _free_gib(), refit_gbps=stats["weight_sync/gb_per_s"],

@@ -165,10 +165,10 @@ def verl_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[in
     width_p = max(len(p) for p in prompts)
     width_r = max(len(r) for r in responses)
     b = len(prompts)
-    ids = torch.full((b, width_p + width_r), pad_id, dtype=torch.long)
-    mask = torch.zeros(b, width_p + width_r, dtype=torch.long)
+    ids = torch.full((b, width_p + width_r), pad_id, dtype=torch.long)  # host: the driver batch
+    mask = torch.zeros(b, width_p + width_r, dtype=torch.long)  # host: the driver batch
     for i, (p, r) in enumerate(zip(prompts, responses)):
-        ids[i, width_p - len(p):width_p + len(r)] = torch.tensor(list(p) + list(r), dtype=torch.long)
+        ids[i, width_p - len(p):width_p + len(r)] = torch.tensor(list(p) + list(r), dtype=torch.long)  # host
         mask[i, width_p - len(p):width_p + len(r)] = 1
     return {"input_ids": ids, "attention_mask": mask, "responses": ids[:, width_p:].clone(),
             "response_mask": mask[:, width_p:].clone()}
@@ -259,7 +259,7 @@ class WeightSync:
         self.engine, self.check, self.actor = engine, check, actor
         dtype = next(self.model.parameters()).dtype
         # the planned buckets (also checks bucket_bytes now rather than at the first push)
-        self.plan = E.plan_buckets(self.facts, bucket_bytes, torch.empty((), dtype=dtype).element_size())
+        self.plan = E.plan_buckets(self.facts, bucket_bytes, dtype.itemsize)
         self.bucket_bytes = bucket_bytes
         self.pushes = 0
         check_plan_against_engine(self.facts, engine)

@@ -82,10 +82,10 @@ def right_pad(rows: Sequence[Sequence], pad_value, length: int | None = None, dt
     length = longest if length is None else length
     if length < longest:
         raise ValueError(f"right_pad: length={length} is shorter than the longest row ({longest})")
-    out = torch.full((len(rows), length), pad_value, dtype=dtype)
+    out = torch.full((len(rows), length), pad_value, dtype=dtype)  # host: rollout batch
     for i, r in enumerate(rows):
         if len(r):
-            out[i, : len(r)] = torch.as_tensor(list(r), dtype=dtype)
+            out[i, : len(r)] = torch.as_tensor(list(r), dtype=dtype)  # host: rollout batch
     return out
 
 
@@ -127,7 +127,7 @@ class RolloutOutput:
 
     def response_lengths(self) -> torch.Tensor:
         """`[R]` long: number of generated tokens per row."""
-        return torch.tensor([len(r) for r in self.response_ids], dtype=torch.long)
+        return torch.tensor([len(r) for r in self.response_ids], dtype=torch.long)  # host: rollout batch
 
     def to_padded(self, pad_token_id: int, length: int | None = None) -> dict[str, torch.Tensor]:
         """Right-padded tensors (verl's `responses` layout), `length` defaults to the longest response.

@@ -53,7 +53,7 @@ def assemble_batch(prompts: dict, rollout: RolloutOutput | PackedRollout, *, uid
                          f"{len(uids)} uids")
     padded = rollout.to_padded(pad_token_id, response_length)
     responses, response_mask = padded["responses"], padded["response_mask"]
-    rows = torch.arange(num_prompts).repeat_interleave(n)
+    rows = torch.arange(num_prompts).repeat_interleave(n)  # host: the driver batch
     prompt_ids, prompt_mask = prompts["input_ids"][rows], prompts["attention_mask"][rows]
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
     tensors = {
