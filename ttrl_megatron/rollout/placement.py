@@ -62,13 +62,16 @@ def resolve_backend(config: VLLMEngineConfig) -> str:
 
 
 def global_rng_state() -> tuple:
-    """torch's global RNG states (host generator and, with CUDA, every device's), as vLLM's start-up seeds them."""
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    return torch.get_rng_state(), cuda
+    """torch's global RNG states that vLLM's start-up reseeds: the host generator and, with CUDA, this rank's
+    device's (only the current device: asking for every device's would create a CUDA context on each GPU)."""
+    if not torch.cuda.is_available():
+        return torch.get_rng_state(), None, None
+    device = torch.cuda.current_device()
+    return torch.get_rng_state(), device, torch.cuda.get_rng_state(device)
 
 
 def set_global_rng_state(state: tuple) -> None:
-    host, cuda = state
+    host, device, cuda = state
     torch.set_rng_state(host)
     if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
+        torch.cuda.set_rng_state(cuda, device)
