@@ -19,6 +19,11 @@ has been loaded, so a partial push after a level-2 sleep fails loudly instead of
 cache never wakes before the weights (illegal memory access, vllm-project/vllm#45619), and the prefix cache is
 dropped after every weight load and every KV-cache wake.
 
+What is offloaded: the trained roles' params / grads / optimizer state as their `*.megatron.*_offload` keys say
+(megatron/offload.py). The frozen reference needs no hook here: with `ref.megatron.param_offload` its parameters
+live in host memory and visit the device only for its own forward (megatron/engine.py `_on_device`), so they are
+off the device during generation already.
+
 Why the parity check is split: the engine's half needs the KV cache (a prefill), the actor's half needs the actor's
 parameters on the device; scoring the actor before the push lets its parameters leave before the KV cache returns,
 so the step never holds the full engine and the actor's parameters at once.
