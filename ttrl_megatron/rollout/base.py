@@ -30,8 +30,10 @@ class SamplingConfig:
     """Per-call sampling settings (verl's rollout temperature/top_p/top_k/response_length, val_kwargs.*).
 
     temperature: 0 means greedy. top_k: -1 (or 0) disables top-k. top_p: 1.0 disables nucleus sampling.
-    seed: None = the engine derives per-prompt seeds from its base seed and a call counter (two calls differ, a
-      rerun of the same call sequence matches); an int pins this call's samples regardless of call history.
+    seed: the seed of this call's sampling noise (one per call, not per request: the samples depend on the whole
+      call -- its prompts, n and settings -- and are reproduced by the same call with the same seed and weights).
+      None = the engine derives it from its base seed and a call counter (two calls differ, a rerun of the same
+      call sequence matches); an int pins this call's samples regardless of call history.
     stop_token_ids: extra stop tokens; the checkpoint's EOS ids stop too unless ignore_eos (a stop token ends the
       response and is included in it, finish reason "stop").
     ignore_eos: keep generating after EOS up to max_tokens (verl's rollout.ignore_eos).
@@ -65,10 +67,10 @@ class SamplingConfig:
 
 
 def derive_seed(*keys: int) -> int:
-    """A 62-bit seed from integer keys (e.g. base seed, call index, prompt index), well spread.
+    """A 62-bit seed from integer keys (e.g. base seed, step, purpose, rollout group), well spread.
 
-    Hashing (not `base + i`) matters: vLLM gives sample `k` of a request the seed `seed + k`, so consecutive
-    per-prompt seeds would make sample k+1 of prompt i reuse the noise of sample k of prompt i+1.
+    Hashing (not `base + i`) keeps seeds of neighbouring keys unrelated (vLLM, given per-request seeds, would give
+    sample `k` the seed `seed + k`, so consecutive seeds would share noise).
     """
     digest = hashlib.blake2b(":".join(str(int(k)) for k in keys).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 2
@@ -164,7 +166,7 @@ class RolloutEngine(Protocol):
         ...
 
     def sleep(self) -> None:
-        """Free weights and KV cache (colocated training); a no-op where unsupported."""
+        """Free weights and KV cache (colocated training; rollout/colocate.py gives the order)."""
         ...
 
     def wake_up(self, tags: Sequence[str] | None = None) -> None:

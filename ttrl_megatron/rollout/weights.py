@@ -200,3 +200,20 @@ def prevalidate(spec: WeightSpec, pairs: Sequence[tuple[str, torch.Tensor]]) -> 
     error = grouper.incomplete_error()
     if error is not None:
         raise error
+
+
+def serialized_buckets(groups: Iterable[list[tuple[str, torch.Tensor]]], limit: int) -> Iterator[bytes]:
+    """safetensors blobs of whole modules, each about `limit` bytes (one module may exceed it on its own)."""
+    from safetensors.torch import save as save_safetensors
+
+    bucket: dict[str, torch.Tensor] = {}
+    size = 0
+    for group in groups:
+        for name, tensor in group:
+            bucket[name] = tensor.detach().to("cpu").contiguous()  # host: safetensors serializes host tensors
+            size += tensor.numel() * tensor.element_size()
+        if size >= limit:
+            yield save_safetensors(bucket)
+            bucket, size = {}, 0
+    if bucket:
+        yield save_safetensors(bucket)

@@ -1,7 +1,8 @@
 """Methods injected into every vLLM worker: `LLM(worker_extension_cls=<this module>.WeightReloadExtension)`.
 
 vLLM mixes this class into its worker class, so `self` is the worker; the engine reaches these methods with
-`llm.collective_rpc("<method>", args=...)`.
+`llm.collective_rpc("<method>", args=...)`. Besides the weight reload: seeding the sampler's generator for one
+`generate` call (and restoring it), and reporting the worker's device.
 
 Why the worker's `reload_weights` and not `model.load_weights`: on CPU the linear weights are repacked after
 loading and replaced by empty placeholders, so a plain `load_weights` fails after start-up; `reload_weights`
@@ -19,8 +20,34 @@ from collections.abc import Iterable
 import torch
 
 
+def _sampler_generator(device: torch.device) -> torch.Generator:
+    """The generator vLLM's sampler draws from when no request has its own: the device's default generator
+    (`q.exponential_()` on GPU, `torch.randint` of the CPU sampler)."""
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.default_generator
+
+
 class WeightReloadExtension:
-    """Worker-side half of `VLLMRolloutEngine.update_weights`."""
+    """Worker-side half of `VLLMRolloutEngine.update_weights` and of its seeded sampling."""
+
+    def ttrl_seed_sampler(self, seed: int) -> torch.Tensor:
+        """Seed the sampler's generator on this worker's device; returns the previous state (to restore after).
+
+        In-process workers share the caller's generators: restoring keeps the caller's RNG stream untouched."""
+        generator = _sampler_generator(self.device)
+        state = generator.get_state()
+        generator.manual_seed(int(seed))
+        return state
+
+    def ttrl_placement(self) -> dict:
+        """Where this worker runs: its device (external_launcher: `cuda:LOCAL_RANK`; the uni executor would say
+        `cuda:0` on every rank), the local rank it was given, and its global rank."""
+        return {"device": str(self.device), "local_rank": int(self.local_rank), "rank": int(self.rank)}
+
+    def ttrl_restore_sampler(self, state: torch.Tensor) -> None:
+        """Put back the generator state returned by `ttrl_seed_sampler`."""
+        _sampler_generator(self.device).set_state(state)
 
     def ttrl_reload_weights(self, weights: Iterable[tuple[str, torch.Tensor]] | bytes) -> int:
         """Load HF-named tensors in place; `weights` is an iterable (in-process) or a safetensors blob (other process).

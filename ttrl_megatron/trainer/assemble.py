@@ -22,6 +22,7 @@ import torch
 
 from ttrl_megatron.protocol import DataProto, to_object_array
 from ttrl_megatron.rollout.base import RolloutOutput
+from ttrl_megatron.rollout.packed import PackedRollout
 
 PROMPT_TENSORS = ("input_ids", "attention_mask", "position_ids")
 # Per-prompt fields of a collated prompt batch that are not carried into the rollout batch.
@@ -33,13 +34,14 @@ def prompt_uids(step: int, num_prompts: int) -> list[str]:
     return [f"{step}:{i}" for i in range(num_prompts)]
 
 
-def assemble_batch(prompts: dict, rollout: RolloutOutput, *, uids: list[str], pad_token_id: int,
+def assemble_batch(prompts: dict, rollout: RolloutOutput | PackedRollout, *, uids: list[str], pad_token_id: int,
                    response_length: int, decode) -> DataProto:
     """Build the B = P_n x n row batch of one generate call.
 
     Args:
         prompts: a collated prompt batch (``collate_prompts``): ``input_ids/attention_mask [Np, P]`` plus lists.
-        rollout: the engine's output for those Np prompts (any n; rows prompt-major).
+        rollout: the engine's output for those Np prompts (any n; rows prompt-major), as lists or packed tensors
+            (the packed form pads without a Python loop).
         uids: one group id per prompt.
         pad_token_id: id used for right padding of the responses.
         response_length: R, the fixed response width (data.max_response_length); longer responses raise.
@@ -51,7 +53,7 @@ def assemble_batch(prompts: dict, rollout: RolloutOutput, *, uids: list[str], pa
                          f"{len(uids)} uids")
     padded = rollout.to_padded(pad_token_id, response_length)
     responses, response_mask = padded["responses"], padded["response_mask"]
-    rows = torch.arange(num_prompts).repeat_interleave(n)
+    rows = torch.arange(num_prompts).repeat_interleave(n)  # host: the driver batch
     prompt_ids, prompt_mask = prompts["input_ids"][rows], prompts["attention_mask"][rows]
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
     tensors = {

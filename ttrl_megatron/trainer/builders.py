@@ -120,34 +120,53 @@ def build_critic(critic: CriticConfig, dtype: str, rows_per_prompt: int, total_s
 
 
 def build_rollout_engine(rollout: RolloutConfig, model: ModelConfig, rank: int, run_dir: str):
-    """This rank's vLLM engine (rollout TP=1: one engine per rank, DP over prompts)."""
+    """This rank's vLLM engine. Inside the torchrun world it uses vLLM's external_launcher executor: the engine owns
+    this rank's device, and with rollout TP > 1 the group of ``tensor_model_parallel_size`` consecutive ranks holds
+    one sharded engine. Every rank must call this at the same point (vLLM builds its groups collectively); the ranks
+    of a TP group get the same engine seed."""
     from ttrl_megatron.rollout.config import VLLMEngineConfig
     from ttrl_megatron.rollout.vllm_engine import VLLMRolloutEngine
 
-    if rollout.tensor_model_parallel_size != 1:
-        raise NotImplementedError("actor_rollout_ref.rollout.tensor_model_parallel_size > 1 is not supported yet; "
-                                  "use 1 (one engine per rank)")
     if rollout.ignore_eos:
         raise NotImplementedError("actor_rollout_ref.rollout.ignore_eos=True is not supported by the rollout engine")
+    on_gpu = torch.cuda.is_available()
+    group = rank // rollout.tensor_model_parallel_size
     cfg = VLLMEngineConfig(
         model_path=model.path, dtype=rollout.dtype, max_model_len=rollout.max_model_len,
         max_num_batched_tokens=rollout.max_num_batched_tokens, max_num_seqs=rollout.max_num_seqs,
         gpu_memory_utilization=rollout.gpu_memory_utilization, kv_cache_gib=max(1, math.ceil(rollout.kv_cache_gib)),
-        enforce_eager=rollout.enforce_eager, seed=derive_seed(rollout.seed, rank) % 2**31,  # vLLM: < 2**32
-        enable_sleep_mode=rollout.free_cache_engine and torch.cuda.is_available(),
+        enforce_eager=rollout.enforce_eager if rollout.enforce_eager is not None else not on_gpu,
+        cudagraph_capture_sizes=rollout.cudagraph_capture_sizes,
+        seed=derive_seed(rollout.seed, group) % 2**31,  # vLLM: < 2**32
+        tensor_parallel_size=rollout.tensor_model_parallel_size, sleep_level=rollout.sleep_level,
+        enable_sleep_mode=rollout.free_cache_engine and on_gpu,
         run_dir=str(Path(run_dir) / "vllm" / f"rank{rank}"))
     return VLLMRolloutEngine(cfg)
 
 
 def build_weight_sync(actor, engine, arch, sync: SyncConfig, max_model_len: int):
-    """Actor -> engine weight push with the post-push log-prob parity check (bridge/sync.py) on fixed sequences
-    short enough for the engine's context (at most 8 + 8 tokens)."""
+    """Actor -> engine weight push with the post-push log-prob parity check (bridge/sync.py) on the engine's own
+    samples: 4 seeded prompts of up to 8 tokens, each continued by up to 16 sampled tokens (fewer when the engine's
+    context is shorter)."""
     from ttrl_megatron.bridge.sync import SyncCheckConfig, WeightSync
 
-    half = max(1, min(8, (max_model_len - 1) // 2))
-    check = SyncCheckConfig(freq=sync.check_freq, max_logprob_diff=sync.logprob_diff_threshold,
-                            on_failure=sync.on_mismatch, prompt_len=half, response_len=half)
+    prompt_len = max(1, min(8, (max_model_len - 1) // 3))
+    response_len = max(1, min(16, max_model_len - 1 - prompt_len))
+    check = SyncCheckConfig(freq=sync.check_freq, max_mult_prob_error=sync.logprob_diff_threshold,
+                            on_failure=sync.on_mismatch, prompt_len=prompt_len, response_len=response_len)
     return WeightSync(actor.model, engine, arch, bucket_bytes=sync.bucket_size_mb << 20, check=check, actor=actor)
+
+
+def build_colocation(engine, weight_sync, actor, actor_megatron, critic=None, critic_megatron=None):
+    """The rollout-side object that sleeps/wakes the engine around the step (rollout/colocate.py), with the trained
+    roles' ``{param,grad,optimizer}_offload`` (megatron/offload.py) around generation."""
+    from ttrl_megatron.megatron.offload import Offloaders, RoleOffloader
+    from ttrl_megatron.rollout.colocate import ColocatedRollout
+
+    roles = [("actor", actor, actor_megatron)] + ([("critic", critic, critic_megatron)] if critic is not None else [])
+    offloaders = Offloaders(RoleOffloader(role.engine, params=meg.param_offload, grads=meg.grad_offload,
+                                          optimizer=meg.optimizer_offload, name=name) for name, role, meg in roles)
+    return ColocatedRollout(engine, weight_sync, offloaders if offloaders else None)
 
 
 def build_loaders(data: DataConfig, tokenizer):

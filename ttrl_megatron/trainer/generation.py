@@ -1,28 +1,72 @@
-"""Data-parallel rollout: every rank's engine generates for its slice of the prompts; the outputs are all-gathered
-(gloo object all-gather) so every rank then holds the identical prompt-major batch.
+"""Data-parallel rollout over rollout groups, gathered as tensors, so every rank holds the identical batch.
 
-Seeds: each call passes an explicit sampling seed derived from (base seed, step, purpose, rank), so a rerun -- or a
-resumed run, whose engines restart their call counters -- draws exactly the same samples at the same step.
-torch.distributed only (no megatron, no vllm).
+Rollout groups: the world is cut into `world / tp` groups of `tp` consecutive ranks (rollout TP =
+`actor_rollout_ref.rollout.tensor_model_parallel_size`; vLLM's external_launcher builds its TP groups the same
+way). Group g generates prompts `split_evenly(P, groups)[g]`: every rank of the group calls its engine with the same
+prompts and the same seed (the group's engines are one sharded model, so they return the same rows), then each rank
+keeps its own contiguous slice of the group's rows (chunk `tp_rank`, as verl's SPMD rollout and TRL's colocate mode
+do). One all-gather over the world in rank order then yields group 0's chunks, group 1's chunks, ...: the
+prompt-major batch, each row sent once.
+
+The gather moves tensors (`rollout/packed.py`: one int32 word buffer per rank with token ids, log-prob bits,
+lengths and finish codes) rather than pickled Python lists: bench/bench_rollout_gather.py measures both.
+
+Seeds: each call passes an explicit sampling seed derived from (base seed, step, purpose, rollout group), so a rerun
+-- or a resumed run, whose engines restart their call counters -- draws exactly the same samples at the same step,
+and the ranks of a TP group draw alike. torch.distributed only (no megatron, no vllm).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import torch
 import torch.distributed as dist
 
+from ttrl_megatron.distributed.devices import collective_device
 from ttrl_megatron.protocol import DataProto
-from ttrl_megatron.rollout.base import RolloutOutput, SamplingConfig, derive_seed
+from ttrl_megatron.rollout.base import SamplingConfig, derive_seed
+from ttrl_megatron.rollout.packed import HEADER_WORDS, PackedRollout
 
-from .assemble import assemble_batch, merge_rollouts, prompt_uids, split_evenly
+from .assemble import assemble_batch, prompt_uids, split_evenly
 
 TRAIN, VALIDATION = 0, 1  # the "purpose" key of the derived seeds
 
 
-def sampling_for(base: SamplingConfig, seed: int, step: int, purpose: int, rank: int) -> SamplingConfig:
-    """``base`` with this rank's seed for (step, purpose)."""
-    return dataclasses.replace(base, seed=derive_seed(seed, step, purpose, rank))
+@dataclasses.dataclass(frozen=True)
+class RolloutGroups:
+    """Where this rank sits among the rollout groups: `groups` groups of `tp` consecutive ranks."""
+
+    rank: int
+    world: int
+    tp: int = 1
+
+    def __post_init__(self) -> None:
+        if self.tp < 1 or self.world % self.tp:
+            raise ValueError(f"rollout tensor_model_parallel_size={self.tp} must divide the world size {self.world}")
+
+    @classmethod
+    def current(cls, tp: int = 1) -> "RolloutGroups":
+        if not dist.is_initialized():
+            return cls(0, 1, tp)
+        return cls(dist.get_rank(), dist.get_world_size(), tp)
+
+    @property
+    def groups(self) -> int:
+        return self.world // self.tp
+
+    @property
+    def group(self) -> int:
+        return self.rank // self.tp
+
+    @property
+    def tp_rank(self) -> int:
+        return self.rank % self.tp
+
+
+def sampling_for(base: SamplingConfig, seed: int, step: int, purpose: int, groups: RolloutGroups) -> SamplingConfig:
+    """``base`` with this rollout group's seed for (step, purpose); the same on every rank of the group."""
+    return dataclasses.replace(base, seed=derive_seed(seed, step, purpose, groups.group))
 
 
 def all_gather_objects(obj):
@@ -43,18 +87,43 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def generate_dp(engine, prompts: dict, n: int, sampling: SamplingConfig, rank: int, world: int) -> RolloutOutput:
-    """``n`` samples for every prompt of the collated batch, generated DP-style and gathered (prompt-major)."""
-    start, end = split_evenly(prompts["input_ids"].shape[0], world)[rank]
+def all_gather_packed(local: PackedRollout, group=None) -> PackedRollout:
+    """Every rank's rows, in rank order, on every rank: a header all-gather (rows, tokens) then one all-gather of
+    the int32 word buffers padded to the longest (collective over ``group``, default the world)."""
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return local
+    device = collective_device(group)  # NCCL takes device tensors, gloo host tensors
+    world = dist.get_world_size(group)
+    header = local.header().to(device)
+    headers = [torch.empty(HEADER_WORDS, dtype=torch.long, device=device) for _ in range(world)]
+    dist.all_gather(headers, header, group=group)
+    headers = [h.tolist() for h in headers]
+    width = max(PackedRollout.words(h) for h in headers)
+    words = local.encode()
+    buffer = torch.zeros(width, dtype=torch.int32, device=device)
+    buffer[:words.numel()] = words.to(device)
+    buffers = [torch.empty(width, dtype=torch.int32, device=device) for _ in range(world)]
+    dist.all_gather(buffers, buffer, group=group)
+    return PackedRollout.concat([PackedRollout.decode(local.n, h, b) for h, b in zip(headers, buffers)])
+
+
+def generate_dp(engine, prompts: dict, n: int, sampling: SamplingConfig, groups: RolloutGroups) -> PackedRollout:
+    """``n`` samples for every prompt of the collated batch, generated per rollout group and gathered as tensors
+    (prompt-major; identical on every rank)."""
+    start, end = split_evenly(prompts["input_ids"].shape[0], groups.groups)[groups.group]
     ids = prompts["raw_prompt_ids"][start:end]
-    local = engine.generate([list(p) for p in ids], n, sampling) if ids else RolloutOutput(n, [], [], [])
-    return merge_rollouts(all_gather_objects(local))
+    if ids:  # the same on every rank of the group: they all call their (shared) engine, or none does
+        local = PackedRollout.from_output(engine.generate([list(p) for p in ids], n, sampling))
+    else:
+        local = PackedRollout.empty(n, sampling.logprobs)
+    lo, hi = split_evenly(len(local), groups.tp)[groups.tp_rank]
+    return all_gather_packed(local.rows(lo, hi))
 
 
-def generate_batch(engine, tokenizer, prompts: dict, n: int, sampling: SamplingConfig, *, step: int, rank: int,
-                   world: int, response_length: int) -> DataProto:
+def generate_batch(engine, tokenizer, prompts: dict, n: int, sampling: SamplingConfig, *, step: int,
+                   groups: RolloutGroups, response_length: int) -> DataProto:
     """Generate and assemble the step batch (B = prompts x n rows, identical on every rank)."""
-    rollout = generate_dp(engine, prompts, n, sampling, rank, world)
+    rollout = generate_dp(engine, prompts, n, sampling, groups)
 
     def decode(token_ids):
         return tokenizer.decode(token_ids, skip_special_tokens=True)

@@ -39,7 +39,7 @@ from .checkpointing import CheckpointManager, latest_checkpoint
 from .corrections import RolloutCorrection, TruncationMask
 from .dumps import generation_rows, write_jsonl
 from .dynamic_sampling import FilterSettings, StepBatchCollector, real_rows, relabel_groups
-from .generation import TRAIN, generate_batch, sampling_for
+from .generation import TRAIN, RolloutGroups, generate_batch, sampling_for
 from .labels import RewardStep
 from .metrics import PhaseTimer, compute_data_metrics, throughput_metrics
 from .tracking import Tracker, check_loggers
@@ -59,6 +59,7 @@ class TTRLTrainer:
         check_loggers(tr.logger)
         self.layout = B.init_parallel(arr.actor.megatron, tr.device, tr.seed)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.rollout_groups = RolloutGroups(self.rank, self.world, arr.rollout.tensor_model_parallel_size)
         B.resolve_initial_policy(cfg, tr.run_dir)  # NeMo-2 / Megatron-Bridge / Megatron-LM / ours -> an HF folder
         self.tokenizer = load_tokenizer(cfg.data.tokenizer, arr.model.trust_remote_code)
         self.train_loader, val_loader = B.build_loaders(cfg.data, self.tokenizer)
@@ -93,14 +94,16 @@ class TTRLTrainer:
                                        top_p=rollout.top_p, top_k=rollout.top_k,
                                        max_tokens=cfg.data.max_response_length, logprobs=True)
         self.validator = Validator(val_loader, rollout.val_kwargs, engine=self.engine, tokenizer=self.tokenizer,
-                                   grader=self.grader, seed=rollout.seed, rank=self.rank, world=self.world,
+                                   grader=self.grader, seed=rollout.seed, rank=self.rank, groups=self.rollout_groups,
                                    response_length=cfg.data.max_response_length, extraction=cfg.ttrl.answer_extraction,
                                    dump_dir=tr.validation_data_dir) if val_loader is not None else None
         self.checkpoints = CheckpointManager(
             tr.default_local_dir, hf_source_dir=arr.model.path, max_actor_keep=tr.max_actor_ckpt_to_keep,
             max_critic_keep=tr.max_critic_ckpt_to_keep)
+        self.colocate = B.build_colocation(self.engine, self.weight_sync, self.actor, arr.actor.megatron,
+                                           self.critic, cfg.critic.megatron)
         self.global_step = self._resume()
-        self.weight_sync.push()  # the engine must hold the actor's weights (resumed ones included)
+        self.colocate.refit()  # the engine must hold the actor's weights (resumed ones included)
         self.tracker = None
         if self.rank == 0:
             save_resolved(cfg, tr.run_dir)
@@ -146,11 +149,12 @@ class TTRLTrainer:
         """Rollouts of a prompt batch; ``gen_index`` >= 1 = a further batch of the step (dynamic sampling): its own
         sampling seeds and group ids."""
         seed = self.cfg.actor_rollout_ref.rollout.seed
-        sampling = sampling_for(self.sampling, seed, step, TRAIN, self.rank)
+        sampling = sampling_for(self.sampling, seed, step, TRAIN, self.rollout_groups)
         if gen_index:
-            sampling = dataclasses.replace(sampling, seed=derive_seed(seed, step, TRAIN, self.rank, gen_index))
+            sampling = dataclasses.replace(
+                sampling, seed=derive_seed(seed, step, TRAIN, self.rollout_groups.group, gen_index))
         batch = generate_batch(self.engine, self.tokenizer, prompts, self.n_votes, sampling, step=step,
-                               rank=self.rank, world=self.world, response_length=self.cfg.data.max_response_length)
+                               groups=self.rollout_groups, response_length=self.cfg.data.max_response_length)
         if gen_index:
             relabel_groups(batch, step, gen_index, self.n_votes)
         return batch
@@ -192,8 +196,12 @@ class TTRLTrainer:
         with timer("step"):
             # generate, vote, keep n_samples, token_level_scores; filters pull further prompt batches if enabled
             batch, metrics = self.collect(prompts, step, timer)
+            with timer("gen"):
+                self.colocate.after_generate()  # the engine sleeps; offloaded trainer state comes back
             if batch is not None:  # None: every generated prompt was filtered out, nothing to learn this step
                 metrics.update(self.learn(batch, step, timer))
+            with timer("update_weights"):  # also after an empty step: a level-2 sleep dropped the engine's weights
+                metrics.update(self.colocate.refit())  # wake weights -> push -> wake KV cache (+ parity check)
         metrics.update(timer.metrics())
         if batch is not None:
             metrics.update(throughput_metrics(batch, timer.seconds["step"], self.world))
@@ -223,12 +231,10 @@ class TTRLTrainer:
             actor_batch, mask_metrics = self.truncation_mask(batch) if self.truncation_mask is not None \
                 else (batch, {})
             actor_metrics = self.actor.update_policy(actor_batch)
-        with timer("update_weights"):
-            sync_metrics = self.weight_sync.push()
         real = real_rows(batch)  # without the padding rows of a filtered batch
         self._dump_rollouts(real, step)
         return {**seqlen, **kl_metrics, **corr_metrics, **adv_metrics, **critic_metrics, **actor_metrics,
-                **mask_metrics, **sync_metrics,
+                **mask_metrics,
                 **rollout_probs_diff(batch.batch["rollout_log_probs"], batch.batch["old_log_probs"],
                                      batch.batch["response_mask"]),
                 **compute_data_metrics(real, self.cfg.data.max_response_length)}
@@ -270,7 +276,8 @@ class TTRLTrainer:
     def save_checkpoint(self) -> Path:
         extra = {"sampler": self.train_loader.state_dict(),
                  "kl_ctrl": self.kl_ctrl.state_dict() if self.kl_ctrl is not None else None}
-        return self.checkpoints.save(self.global_step, self.roles(), extra)
+        with self.colocate.trainer_state():  # offloaded state back on the device while it is saved
+            return self.checkpoints.save(self.global_step, self.roles(), extra)
 
     def close(self) -> None:
         """Flush loggers, write the metrics plot (rank 0), stop the engine and the grader."""

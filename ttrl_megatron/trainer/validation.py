@@ -16,7 +16,7 @@ from ttrl_megatron.ttrl import answer_for_label, compute_validation_metrics, gra
 
 from .dumps import generation_rows, write_jsonl
 from .assemble import split_evenly
-from .generation import VALIDATION, all_gather_objects, generate_batch, sampling_for
+from .generation import VALIDATION, RolloutGroups, all_gather_objects, generate_batch, sampling_for
 
 
 def val_sampling(val: ValKwargsConfig, max_tokens: int) -> SamplingConfig:
@@ -27,20 +27,20 @@ def val_sampling(val: ValKwargsConfig, max_tokens: int) -> SamplingConfig:
 
 
 class Validator:
-    def __init__(self, loader, val: ValKwargsConfig, *, engine, tokenizer, grader, seed: int, rank: int, world: int,
-                 response_length: int, dump_dir: str | None, extraction: str = "boxed"):
+    def __init__(self, loader, val: ValKwargsConfig, *, engine, tokenizer, grader, seed: int, rank: int,
+                 groups: RolloutGroups, response_length: int, dump_dir: str | None, extraction: str = "boxed"):
         self.loader, self.n = loader, val.n
         self.sampling = val_sampling(val, response_length)
         self.engine, self.tokenizer, self.grader = engine, tokenizer, grader
-        self.seed, self.rank, self.world = seed, rank, world
+        self.seed, self.rank, self.groups, self.world = seed, rank, groups, groups.world
         self.response_length, self.dump_dir, self.extraction = response_length, dump_dir, extraction
 
     def _generate_all(self, step: int) -> tuple[list, list[list[str]], list, list]:
         prompts, responses, truths, sources = [], [], [], []
         for i, batch in enumerate(self.loader):
-            sampling = sampling_for(self.sampling, self.seed, step * 100003 + i, VALIDATION, self.rank)
-            out = generate_batch(self.engine, self.tokenizer, batch, self.n, sampling, step=step, rank=self.rank,
-                                 world=self.world, response_length=self.response_length)
+            sampling = sampling_for(self.sampling, self.seed, step * 100003 + i, VALIDATION, self.groups)
+            out = generate_batch(self.engine, self.tokenizer, batch, self.n, sampling, step=step, groups=self.groups,
+                                 response_length=self.response_length)
             texts = list(out.obj("response_text"))
             responses += [texts[j:j + self.n] for j in range(0, len(texts), self.n)]
             prompts += list(batch["raw_prompt"])

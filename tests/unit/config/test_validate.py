@@ -107,8 +107,10 @@ CASES = {  # id: (field changes, world_size or None, text the message must conta
     "fsdp_strategy_rejected": ({f"{ARR}.actor.strategy": "fsdp"}, None, f"{ARR}.actor.strategy='fsdp'"),
     "clip_ratio_c_not_above_one": ({f"{ARR}.actor.clip_ratio_c": 1.0}, None, f"{ARR}.actor.clip_ratio_c=1.0"),
     "top_p_out_of_range": ({f"{ARR}.rollout.top_p": 0.0}, None, f"{ARR}.rollout.top_p=0.0 must be in (0, 1]"),
-    "cpu_prefill_budget": ({f"{ARR}.rollout.max_num_seqs": 4096}, None,
-                           f"{ARR}.rollout.max_num_seqs=4096 x data.max_prompt_length"),
+    "rollout_sleep_level": ({f"{ARR}.rollout.sleep_level": 3}, None, f"{ARR}.rollout.sleep_level=3 must be 1 or 2"),
+    "rollout_tp_across_nodes": ({"trainer.device": "cuda", "trainer.nnodes": 2, "trainer.n_gpus_per_node": 1,
+                                 f"{ARR}.rollout.tensor_model_parallel_size": 2}, 2,
+                                f"{ARR}.rollout.tensor_model_parallel_size=2 must divide trainer.n_gpus_per_node=1"),
     "float16_on_cpu": ({f"{ARR}.rollout.dtype": "float16"}, None, "float16 is not supported"),
     "rope_fusion_needs_te": ({f"{ARR}.actor.megatron.override_transformer_config.apply_rope_fusion": True}, None,
                              f"{ARR}.actor.megatron.override_transformer_config.apply_rope_fusion=True needs "
