@@ -349,7 +349,7 @@ def _bf16_main(hf_dir: str, run_dir: str) -> dict:
             stale["model.embed_tokens.weight"] = dict(E.export_tensors(actor.model))["model.embed_tokens.weight"].clone()
             weight = E.single_chunk(actor.model).embedding.word_embeddings.weight
             with torch.no_grad():
-                weight.add_(torch.randn_like(weight) * weight.float().std().to(weight.dtype) * 0.5)
+                weight.add_(torch.randn_like(weight) * weight.float().std().to(weight.dtype))
 
         wrong = {
             "transposed": ("model.layers.1.self_attn.o_proj.weight", lambda t, n: t.t().contiguous(), None),

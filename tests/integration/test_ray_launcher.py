@@ -113,7 +113,9 @@ def test_a_failing_rank_stops_the_job(inputs, tmp_path):
     # every rank loads the reward module in setup (each grades its share); only rank 0's load fails, so rank 1 goes
     # on into a collective and must be killed
     bad_reward.write_text("import os\nif os.environ.get('RANK') == '0':\n"
-                          "    raise RuntimeError('reward module exploded on purpose')\n")
+                          "    raise RuntimeError('reward module exploded on purpose')\n"
+                          "def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
+                          "    return 0.0\n")
     run_dir, marker = tmp_path / "fail", uuid.uuid4().hex
     args = overrides(inputs, run_dir, estimator="grpo", steps=2, save_freq=-1,
                      extra=(*FAST, f"custom_reward_function.path={bad_reward}"))

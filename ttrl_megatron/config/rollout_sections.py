@@ -34,7 +34,7 @@ class RolloutConfig:
     top_p: float = 1.0  # nucleus mass, in (0, 1]
     top_k: int = -1  # top-k cut; -1 = off
     do_sample: bool = True  # False = greedy (then all n rollouts of a prompt coincide)
-    ignore_eos: bool = False  # keep generating after EOS up to max_response_length
+    ignore_eos: bool = False  # training rollouts keep generating after EOS up to max_response_length
     max_model_len: Optional[int] = None  # vLLM context length, tokens; null = data.max_prompt_length + max_response_length
     max_num_batched_tokens: int = 8192  # vLLM scheduler token budget per engine step
     max_num_seqs: int = 1024  # vLLM max concurrent sequences per engine

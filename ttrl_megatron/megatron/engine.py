@@ -251,7 +251,7 @@ class RoleEngine:
         totals: Dict[str, float] = {}
         steps = 0
         for _ in range(epochs):
-            order = torch.randperm(num_rows, generator=gen) if shuffle else None
+            order = torch.randperm(num_rows, generator=gen) if shuffle else None  # host: row ids of the host batch
             shares = [batching.mini_batch_rows(num_rows, mini_batch_rows, r, ranks.dp_size, order)
                       for r in range(ranks.dp_size)]
             for k in range(len(shares[0])):

@@ -139,7 +139,7 @@ class PackedRollout:
         length = longest if length is None else length
         if length < longest:
             raise ValueError(f"to_padded: length={length} is shorter than the longest row ({longest})")
-        mask = torch.arange(length).unsqueeze(0) < self.lengths.unsqueeze(1)  # [R, T], host: rollout batch
+        mask = torch.arange(length).unsqueeze(0) < self.lengths.unsqueeze(1)  # host: rollout batch, [R, T]
         responses = torch.full((len(self), length), pad_token_id, dtype=torch.long)  # host: rollout batch
         responses[mask] = self.token_ids.long()  # boolean indexing fills row-major: row r's tokens in order
         out = {"responses": responses, "response_mask": mask.long()}

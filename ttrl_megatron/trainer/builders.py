@@ -127,8 +127,6 @@ def build_rollout_engine(rollout: RolloutConfig, model: ModelConfig, rank: int, 
     from ttrl_megatron.rollout.config import VLLMEngineConfig
     from ttrl_megatron.rollout.vllm_engine import VLLMRolloutEngine
 
-    if rollout.ignore_eos:
-        raise NotImplementedError("actor_rollout_ref.rollout.ignore_eos=True is not supported by the rollout engine")
     on_gpu = torch.cuda.is_available()
     group = rank // rollout.tensor_model_parallel_size
     cfg = VLLMEngineConfig(

@@ -92,7 +92,8 @@ class TTRLTrainer:
         rollout = arr.rollout
         self.sampling = SamplingConfig(temperature=rollout.temperature if rollout.do_sample else 0.0,
                                        top_p=rollout.top_p, top_k=rollout.top_k,
-                                       max_tokens=cfg.data.max_response_length, logprobs=True)
+                                       max_tokens=cfg.data.max_response_length, logprobs=True,
+                                       ignore_eos=rollout.ignore_eos)
         self.validator = Validator(val_loader, rollout.val_kwargs, engine=self.engine, tokenizer=self.tokenizer,
                                    grader=self.grader, seed=rollout.seed, rank=self.rank, groups=self.rollout_groups,
                                    response_length=cfg.data.max_response_length, extraction=cfg.ttrl.answer_extraction,
