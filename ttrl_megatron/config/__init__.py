@@ -12,7 +12,8 @@ from .model_sections import (ActorConfig, CheckpointConfig, CriticConfig, Critic
 from .names import adv_estimator_names, need_critic, need_reference_policy, policy_loss_names
 from .rollout_sections import RolloutConfig, SyncConfig, ValKwargsConfig
 from .sections import (ActorRolloutRefConfig, AlgorithmConfig, CustomRewardFunctionConfig, DataConfig, GrpoNsrConfig,
-                       KLCtrlConfig, PsrNsrConfig, RewardModelConfig, TrainerConfig, TTRLConfig, TTRLTrainerConfig)
+                       KLCtrlConfig, PsrNsrConfig, RewardModelConfig, TrainerConfig, TTRLConfig, TTRLTrainerConfig,
+                       WatchdogConfig)
 from .validate import validate
 
 __all__ = [
@@ -22,5 +23,5 @@ __all__ = [
     "RolloutConfig", "ValKwargsConfig", "SyncConfig", "OptimConfig", "MegatronConfig", "RoleMegatronConfig",
     "FsdpCompatConfig", "PolicyLossConfig", "CheckpointConfig", "CriticConfig", "CriticModelConfig",
     "AlgorithmConfig", "KLCtrlConfig", "GrpoNsrConfig", "PsrNsrConfig", "CustomRewardFunctionConfig",
-    "RewardModelConfig", "TTRLConfig", "TrainerConfig",
+    "RewardModelConfig", "TTRLConfig", "TrainerConfig", "WatchdogConfig",
 ]

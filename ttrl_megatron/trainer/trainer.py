@@ -8,6 +8,11 @@ reward, advantages, metrics) then runs on every rank on the same batch, and the 
 DP shard of it inside ``compute_log_prob`` / ``update_policy`` (megatron/engine.py). Only rank 0 logs and writes
 dumps; checkpoints are written by all ranks collectively.
 
+Reliability (README "Running for days on Slurm"): the checkpoint and run directories are checked to be shared by all
+ranks at start (shared_dirs.py); every phase runs under the hang watchdog's budget (watchdog.py); once per step the
+ranks agree whether a preemption signal arrived, and if so the loop checkpoints and raises ``Preempted``
+(preemption.py), which main.py turns into exit status 75 for the launcher to requeue.
+
 Choices are made once in ``setup()`` by which objects exist (``self.ref``, ``self.critic``, ``self.kl_ctrl``,
 ``self.adv_metrics``), never by flags re-read inside the loop. The root config stops here: components receive their
 own sections. No hydra/omegaconf (main.py), no vllm (rollout/vllm_engine.py) imports.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from functools import partial
 from pathlib import Path
 
@@ -37,7 +43,10 @@ from .checkpointing import CheckpointManager, latest_checkpoint
 from .dumps import generation_rows, write_jsonl
 from .generation import TRAIN, generate_batch, sampling_for
 from .labels import RewardStep
+from . import watchdog as W
 from .metrics import PhaseTimer, compute_data_metrics, throughput_metrics
+from .preemption import Preempted, PreemptionHandler
+from .shared_dirs import check_shared_dirs
 from .tracking import Tracker, check_loggers
 from .validation import Validator
 
@@ -45,16 +54,23 @@ log = logging.getLogger(__name__)
 
 
 class TTRLTrainer:
-    def __init__(self, cfg: TTRLTrainerConfig):
+    def __init__(self, cfg: TTRLTrainerConfig, preemption: PreemptionHandler | None = None):
         self.cfg = cfg
         self.global_step = 0
+        # signals are installed by the caller (main.run: before setup, so a signal during setup is kept too)
+        self.preemption = preemption if preemption is not None else PreemptionHandler([])
+        self.watchdog: W.Watchdog | None = None
+        self._saved_step = 0  # newest step with a committed checkpoint (resumed or saved by this run)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> "TTRLTrainer":
         cfg, tr, arr = self.cfg, self.cfg.trainer, self.cfg.actor_rollout_ref
         check_loggers(tr.logger)
-        self.layout = B.init_parallel(arr.actor.megatron, tr.device, tr.seed)
+        self.layout = B.init_parallel(arr.actor.megatron, tr.device, tr.seed, tr.collective_timeout_s)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.watchdog = W.Watchdog.start(tr.watchdog, tr.run_dir)
+        check_shared_dirs(_unique_dirs({"trainer.default_local_dir": tr.default_local_dir,
+                                        "trainer.run_dir": tr.run_dir}))
         B.resolve_initial_policy(cfg, tr.run_dir)  # NeMo-2 / Megatron-Bridge / Megatron-LM / ours -> an HF folder
         self.tokenizer = load_tokenizer(cfg.data.tokenizer, arr.model.trust_remote_code)
         self.train_loader, val_loader = B.build_loaders(cfg.data, self.tokenizer)
@@ -88,7 +104,9 @@ class TTRLTrainer:
         self.checkpoints = CheckpointManager(
             tr.default_local_dir, hf_source_dir=arr.model.path, max_actor_keep=tr.max_actor_ckpt_to_keep,
             max_critic_keep=tr.max_critic_ckpt_to_keep)
-        self.global_step = self._resume()
+        self.checkpoints.sweep_debris()
+        with W.phase("checkpoint"):
+            self.global_step = self._saved_step = self._resume()
         self.weight_sync.push()  # the engine must hold the actor's weights (resumed ones included)
         self.tracker = None
         if self.rank == 0:
@@ -174,7 +192,8 @@ class TTRLTrainer:
     # ------------------------------------------------------------------ the step
     def train_step(self, prompts: dict) -> dict:
         """One TTRL step on a collated prompt batch; returns its metrics (identical on every rank)."""
-        step, timer = self.global_step + 1, PhaseTimer()
+        step = self.global_step + 1
+        timer = self.phase_timer(step)
         with timer("step"):
             with timer("gen"):
                 batch = self.generate(prompts, step)  # B x n_votes rows
@@ -227,16 +246,23 @@ class TTRLTrainer:
         if self.tracker is not None:
             self.tracker.log(metrics, step)
 
+    def phase_timer(self, step: int) -> PhaseTimer:
+        """Timer of step ``step``'s phases (``timing_s/*``); under the watchdog each phase also has its budget."""
+        return self.watchdog.timer(step) if self.watchdog is not None else PhaseTimer()
+
     def fit(self) -> None:
+        """Train to ``total_steps``. Raises ``Preempted`` (after a committed checkpoint) when a rank was signalled."""
         tr = self.cfg.trainer
         if self.validator is not None and tr.val_before_train and self.global_step == 0:
-            self.log(self.validator.run(0), 0)
+            with W.phase("testing", 0):
+                self.log(self.validator.run(0), 0)
         while self.global_step < self.total_steps:
+            self._stop_if_preempted()  # a collective: every rank decides the same, between two steps
             metrics = self.train_step(self.train_loader.next_batch())
             self.global_step += 1
             step, last = self.global_step, self.global_step == self.total_steps
             if self.validator is not None and tr.test_freq > 0 and (step % tr.test_freq == 0 or last):
-                timer = PhaseTimer()
+                timer = self.phase_timer(step)
                 with timer("testing"):
                     metrics.update(self.validator.run(step))
                 metrics.update(timer.metrics())
@@ -244,10 +270,20 @@ class TTRLTrainer:
             if tr.save_freq > 0 and (step % tr.save_freq == 0 or last):
                 self.save_checkpoint()
 
+    def _stop_if_preempted(self) -> None:
+        reason = self.preemption.agreed()
+        if reason is None:
+            return
+        path = self.save_checkpoint() if self.global_step > self._saved_step else None
+        raise Preempted(self.global_step, reason, path)
+
     def save_checkpoint(self) -> Path:
         extra = {"sampler": self.train_loader.state_dict(),
                  "kl_ctrl": self.kl_ctrl.state_dict() if self.kl_ctrl is not None else None}
-        return self.checkpoints.save(self.global_step, self.roles(), extra)
+        with W.phase("checkpoint", self.global_step):
+            path = self.checkpoints.save(self.global_step, self.roles(), extra)
+        self._saved_step = self.global_step
+        return path
 
     def close(self) -> None:
         """Flush loggers, write the metrics plot (rank 0), stop the engine and the grader."""
@@ -259,4 +295,15 @@ class TTRLTrainer:
         self.engine.shutdown()
         if self.grader is not None:
             self.grader.close()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+
+
+def _unique_dirs(dirs: dict[str, str]) -> dict[str, str]:
+    """The same directory under two fields is checked once (run_dir defaults to default_local_dir)."""
+    seen: dict[str, str] = {}
+    for field, path in dirs.items():
+        if path and os.path.abspath(path) not in seen.values():
+            seen[field] = os.path.abspath(path)
+    return {field: dirs[field] for field in seen}
 
