@@ -27,20 +27,24 @@ log = logging.getLogger("ttrl_megatron.main")
 _HYDRA_DEFAULTS = ("hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=none", "hydra/hydra_logging=none")
 
 
-def run(cfg) -> int:
+def run(cfg, early_signal: str | None = None) -> int:
     """Train with a validated root config (dataclass): the per-rank worker program, run by every torchrun process
     and by every Ray actor of ``ttrl_megatron.ray_main``. Returns 0 (trained to the end) or ``EXIT_PREEMPTED`` (a
     signal stopped every rank after a step whose checkpoint is committed: requeue and resume).
 
     The preemption signals are caught from the start (a signal during setup stops the run before its first step);
-    an exception gets, when other ranks are involved, a note naming the rank that failed or is gone (watchdog.py)."""
+    an exception gets, when other ranks are involved, a note naming the rank that failed or is gone (watchdog.py).
+    ``early_signal``: a preemption signal the launcher caught before this ran (the Ray actor's process)."""
     from ttrl_megatron.trainer.preemption import EXIT_PREEMPTED, Preempted, PreemptionHandler
     from ttrl_megatron.trainer.trainer import TTRLTrainer
     from ttrl_megatron.trainer.watchdog import failure_report
 
     preemption = PreemptionHandler(cfg.trainer.preempt_signals).install()
+    if early_signal is not None:
+        preemption.request(early_signal)
+    trainer = None
     try:
-        with failure_report():
+        with failure_report():  # inside: the failing rank is named before close() stops the watchdog
             trainer = TTRLTrainer(cfg, preemption=preemption).setup()
             try:
                 trainer.fit()
@@ -48,20 +52,20 @@ def run(cfg) -> int:
                 if trainer.rank == 0:
                     log.warning("%s; exiting %d: resume with trainer.resume_mode=auto", stop, EXIT_PREEMPTED)
                 return EXIT_PREEMPTED
-            finally:
-                trainer.close()
+        return 0
     finally:
+        if trainer is not None:
+            trainer.close()
         preemption.uninstall()
-    return 0
 
 
-def run_worker(cfg) -> tuple[int, str]:
+def run_worker(cfg, early_signal: str | None = None) -> tuple[int, str]:
     """``run`` with bad input found at start-up (a config field, a data file, a directory the ranks do not share)
     turned into ``(2, one line)``; otherwise ``(status, "")``. Other exceptions propagate."""
     from ttrl_megatron.data import DataError
 
     try:
-        return run(cfg), ""
+        return run(cfg, early_signal), ""
     except ConfigError as exc:
         return 2, f"config error: {exc}"
     except DataError as exc:

@@ -24,8 +24,20 @@ TINY = TinySpec(arch="qwen2", vocab_size=300, hidden_size=64, intermediate_size=
 QUESTIONS = [("1+2", "3"), ("4+4", "8"), ("2+5", "7"), ("3+3", "6")]
 
 # Pseudo-random but deterministic 0/1 score of the response text: groups get mixed rewards without a trained model.
+# The gate (tests/integration/cluster_sim.py): with $TTRL_TEST_GATE/armed present, the first call (rank 0, step 1's
+# reward phase) waits until $TTRL_TEST_GATE/released exists, so a test can signal or kill mid-step; scores unchanged.
 REWARD_FN = '''
+import os
+import time
+
+
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    gate = os.environ.get("TTRL_TEST_GATE")
+    if gate and os.path.exists(os.path.join(gate, "armed")) and not os.path.exists(os.path.join(gate, "released")):
+        open(os.path.join(gate, "reached"), "w").close()
+        deadline = time.monotonic() + 300
+        while not os.path.exists(os.path.join(gate, "released")) and time.monotonic() < deadline:
+            time.sleep(0.05)
     return float(sum(map(ord, solution_str)) % 2)
 '''
 

@@ -149,10 +149,9 @@ class PreemptionHandler:
         asked = [(r, int(c)) for r, c in enumerate(flags.tolist()) if c != 0]
         if not asked:
             return None
-        r, c = asked[0]
-        what = signal.Signals(c).name if c > 0 else "a stop request"
-        more = f" (and {len(asked) - 1} more rank(s))" if len(asked) > 1 else ""
-        return f"{what} on rank {r}{more}"
+        what = sorted({signal.Signals(c).name if c > 0 else "a stop request" for _, c in asked})
+        ranks = ", ".join(str(r) for r, _ in asked[:8]) + (", ..." if len(asked) > 8 else "")
+        return f"{' and '.join(what)} on rank{'s' if len(asked) > 1 else ''} {ranks}"
 
 
 def _receive(signums: set[int]) -> None:
