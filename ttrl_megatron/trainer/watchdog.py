@@ -167,7 +167,7 @@ class Watchdog:
         for name, budget, start in list(self._phases):
             if budget is not None and now - start > budget:
                 self._report({"kind": "hang", "rank": self.rank, "phase": name, "step": self.step,
-                              "elapsed": round(now - start, 1), "budget": budget,
+                              "elapsed": round(now - start, 2), "budget": budget,
                               "field": f"trainer.watchdog.{PHASE_BUDGETS.get(name, name)}_s"})
         if self._peer is not None and self.cfg.heartbeat_timeout_s is not None:
             beat = self._get(f"hb/{self._peer}")
