@@ -173,16 +173,30 @@ def _dcp_exception() -> type:
 
 
 def _root_cause(exc: BaseException) -> str:
-    """The OSError (with its file) inside ``exc``: dist-checkpoint wraps every rank's failure, so look inside."""
+    """One line: the failing rank and its OSError (with the file) when there is one, else its error's last line.
+    dist-checkpoint wraps every rank's failure in one CheckpointException, so look inside."""
     if isinstance(exc, _CollectiveWriteError):
         return str(exc)
-    for rank, failure in getattr(exc, "failures", {}).items():
-        inner = failure[0] if isinstance(failure, tuple) else failure
-        found = _find_os_error(inner)
+    failures = list(getattr(exc, "failures", {}).items()) or [(_rank(), exc)]
+    for rank, failure in failures:
+        found = _find_os_error(failure[0] if isinstance(failure, tuple) else failure)
         if found is not None:
             return f"rank {rank}: {_describe(found)}"
-    found = _find_os_error(exc)
-    return f"rank {_rank()}: {_describe(found)}" if found is not None else f"{type(exc).__name__}: {exc}"
+    rank, failure = failures[0]
+    inner = failure[0] if isinstance(failure, tuple) else failure
+    lines = str(inner).strip().splitlines()
+    return f"rank {rank}: {type(inner).__name__}: {lines[-1] if lines else ''}"
+
+
+def _disk_note(root: Path) -> str:
+    """"; <root> has N MiB free of M MiB: the disk is full" when it (nearly) is: torch's writer may hide ENOSPC."""
+    try:
+        usage = shutil.disk_usage(root)
+    except OSError:
+        return ""
+    if usage.free > max(64 << 20, usage.total // 100):  # more than 1% and 64 MiB free: not the cause
+        return ""
+    return f"; {root} has {usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB: the disk is full"
 
 
 def _find_os_error(exc: Optional[BaseException], depth: int = 0) -> Optional[OSError]:
@@ -227,16 +241,20 @@ class CheckpointManager:
         rank when a write fails anywhere (nothing is committed then)."""
         final = step_dir(self.root, step)
         tmp = self.root / f".{final.name}.tmp"
+        writing = tmp
         try:
             _agree(_attempt(lambda: self._prepare(tmp)) if _rank() == 0 else None)
             for name, role in roles.items():
-                save_role(role, tmp / name, self.hf_source_dir)  # collective; dist-checkpoint raises on every rank
+                writing = tmp / name
+                save_role(role, writing, self.hf_source_dir)  # collective; dist-checkpoint raises on every rank
+            writing = tmp / "extra"
             _agree(_attempt(lambda: self._write_extra(tmp, step, extra)))
+            writing = final
             _agree(_attempt(lambda: self._commit(tmp, final, step)) if _rank() == 0 else None)
         except (_CollectiveWriteError, _dcp_exception()) as exc:  # raised on every rank: clean up together
-            raise self._save_failed(step, tmp, exc, collective=True) from None
+            raise self._save_failed(step, tmp, writing, exc, collective=True) from None
         except OSError as exc:  # this rank alone (a rank-0-only write inside a role's save): peers may still be
-            raise self._save_failed(step, tmp, exc, collective=False) from None  # writing, so leave the debris
+            raise self._save_failed(step, tmp, writing, exc, collective=False) from None  # writing: keep debris
         if _rank() == 0:
             self._prune(step)
         _barrier()
@@ -253,9 +271,13 @@ class CheckpointManager:
         if _rank() == 0:
             torch.save({**extra, "step": step, "layout": _layout_record()}, tmp / "extra" / "state.pt")
 
-    def _save_failed(self, step: int, tmp: Path, exc: BaseException, collective: bool) -> CheckpointSaveError:
+    def _save_failed(self, step: int, tmp: Path, writing: Path, exc: BaseException,
+                     collective: bool) -> CheckpointSaveError:
         """Why the save failed; after a collective failure (every rank stopped writing) the partial folder goes."""
         cause = _root_cause(exc)
+        if "[Errno" not in cause:  # torch's zip writer reports a failed write as "unexpected pos": say where
+            cause += f" (while writing {writing})"
+        cause += _disk_note(self.root)
         if collective:
             _barrier()
             if _rank() == 0:
