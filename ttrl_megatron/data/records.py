@@ -46,17 +46,17 @@ def read_rows(path: Union[str, Path]) -> list[dict]:
             raise DataError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
     if path.suffix in (".jsonl", ".json"):
         rows = []
-        with path.open(encoding="utf-8") as f:
-            i = -1
+        for i, raw in enumerate(path.read_bytes().splitlines()):  # bytes: exact line numbers for decode errors
             try:
-                for i, line in enumerate(f):
-                    if not line.strip():
-                        continue
-                    rows.append(json.loads(line))
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}: line {i + 1} is not UTF-8 text ({exc.reason})") from None
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}: line {i + 1} is not valid JSON ({exc.msg})") from None
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{path}: line {i + 2} is not UTF-8 text ({exc.reason})") from None
         return rows
     raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .parquet or .jsonl")
 
