@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.integration.proctree import descendants, signal_node
 from tests.integration.trainer_fixtures import ROOT, _env
 from ttrl_megatron.distributed import free_port
 
@@ -31,33 +32,6 @@ SBATCH = ROOT / "scripts" / "launch" / "slurm.sbatch"
 TORCHRUN_SH = ROOT / "scripts" / "launch" / "torchrun.sh"
 
 
-
-def descendants(root: int) -> list[int]:
-    """Every live process below ``root`` (a snapshot of the parent links in /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def signal_node(root: int, signum: int) -> None:
-    """``signum`` to ``root`` and every process below it (a snapshot first: orphans are re-parented)."""
-    for pid in [root, *descendants(root)]:
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
 
 FAKE_SRUN = '''
 """srun stand-in for tests (tests/integration/cluster_sim.py)."""

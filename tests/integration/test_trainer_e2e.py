@@ -127,6 +127,7 @@ def test_sigkill_after_checkpoint_then_resume_reproduces_metrics(baseline, input
     assert (run_dir / "ckpt" / "global_step_2" / "critic" / "optim").is_dir()
     resumed = launch(overrides(inputs, run_dir, estimator="gae", extra=(*GAE, "trainer.resume_mode=auto")), run_dir)
     assert resumed.returncode == 0, resumed.stdout[-6000:]
+    assert "resumed from" in resumed.stdout and "global_step_2 (step 2)" in resumed.stdout, resumed.stdout[-6000:]
     a, c = _by_step(run_a), _by_step(run_dir)
     assert sorted(c) == [0, 1, 2, 3]
     keys = [k for k in a[3] if not k.startswith(NONDETERMINISTIC)]

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.integration.proctree import signal_node
 from tests.integration.tiny_models import TinySpec, make_tiny_model
 from ttrl_megatron.distributed import free_port
 
@@ -104,7 +105,7 @@ def launch(args: list[str], run_dir: Path, timeout_s: float = 300) -> subprocess
 
 def launch_and_kill_after_checkpoint(args: list[str], run_dir: Path, step: int,
                                      timeout_s: float = 300) -> str:
-    """Start the trainer, SIGKILL its whole process group as soon as checkpoint ``step`` is the latest one."""
+    """Start the trainer, SIGKILL it (agent, ranks and their children) as soon as checkpoint ``step`` is the latest."""
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "killed_run.log"
     tracker = run_dir / "ckpt" / "latest_checkpointed_iteration.txt"
@@ -117,9 +118,8 @@ def launch_and_kill_after_checkpoint(args: list[str], run_dir: Path, step: int,
                 if tracker.is_file() and tracker.read_text().strip() == str(step):
                     break
                 time.sleep(0.05)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+        finally:  # the whole tree: torchrun puts each rank in a session of its own, so killpg would spare them
+            signal_node(proc.pid, signal.SIGKILL)
             proc.wait()
     return log.read_text()
 

@@ -287,7 +287,7 @@ class CheckpointManager:
         previous = tracker.read_text(encoding="utf-8").strip() if tracker.is_file() else ""
         kept = (f"the latest checkpoint is still {step_dir(self.root, int(previous))}" if previous.isdigit()
                 else "there is no earlier checkpoint")
-        removed = f"the partial {tmp.name} was removed" if collective else f"the partial {tmp.name} is removed at restart"
+        removed = f"the partial {tmp.name} {'was removed' if collective else 'is removed at restart'}"
         return CheckpointSaveError(f"checkpoint of step {step} was not saved: {cause}; {kept} ({removed}); free space "
                                    f"under {self.root} or point trainer.default_local_dir elsewhere, then resume")
 

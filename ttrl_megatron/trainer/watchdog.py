@@ -254,8 +254,8 @@ class Watchdog:
         comm = is_communication_error(exc)
         first = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
         try:
-            self.store.set(self._key(f"failed/{self.rank}"), json.dumps({"comm": comm, "error": first,
-                                                                         "step": self.step, "phase": self.failed_in or self._where()}))
+            record = {"comm": comm, "error": first, "step": self.step, "phase": self.failed_in or self._where()}
+            self.store.set(self._key(f"failed/{self.rank}"), json.dumps(record))
             if not comm:
                 return ""
             settle = settle_s if settle_s is not None else max(3 * self.cfg.poll_s, 2.0)
