@@ -17,7 +17,6 @@ Scenarios (rank 0 waits for rank 1 in a barrier inside phase ``update_actor`` of
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
 import signal
@@ -31,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from ttrl_megatron.config import WatchdogConfig
+from ttrl_megatron.distributed import init_process_group
 from ttrl_megatron.trainer import watchdog as W
 from ttrl_megatron.trainer.preemption import PreemptionHandler
 from ttrl_megatron.trainer.shared_dirs import SharedDirError, check_shared_dirs
@@ -89,6 +89,7 @@ def basics(run_dir: str, preemption: PreemptionHandler) -> dict:
     shared = str(Path(run_dir) / "shared_ckpt")
     check_shared_dirs({"trainer.default_local_dir": shared})
     out["absolute"] = "accepted"
+    dist.barrier()  # rank 0 removes its token after the check's last barrier: look once it has
     out["tokens_left"] = sorted(p.name for p in Path(shared).iterdir())
     return out
 
@@ -97,7 +98,8 @@ def main() -> int:
     scenario, run_dir = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
     preemption = PreemptionHandler(["SIGTERM", "SIGUSR1"]).install()  # as main.run does, before anything else
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    # the trainer's own set-up (NCCL selects this rank's GPU first); gloo unless TTRL_TEST_BACKEND says otherwise
+    init_process_group(backend=os.environ.get("TTRL_TEST_BACKEND", "gloo"), timeout_s=60.0)
     cfg = dataclasses.replace(CFG, heartbeat_timeout_s=3.0) if scenario == "freeze" else CFG
     wd = W.Watchdog.start(cfg, run_dir)
     try:

@@ -139,7 +139,7 @@ class PreemptionHandler:
         """Collective (every rank, once per step): None to go on, else why the job stops (e.g. "SIGUSR1 on rank 1").
 
         One int per rank is all-gathered: the ranks that were signalled, for the log line."""
-        if not dist.is_initialized() or dist.get_world_size() == 1:
+        if not dist.is_initialized():
             return None if self.reason is None else f"{self.reason} on rank 0"
         world = dist.get_world_size()
         code = 0 if self.reason is None else (self._signum or -1)  # -1: asked by request(), no signal
