@@ -88,7 +88,14 @@ class Watchdog:
         if not cfg.enable:
             return None
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        wd = cls(cfg, run_dir, rank, world, store=_store_client() if world > 1 else None)
+        store = None
+        if world > 1:
+            try:
+                store = _store_client()
+            except Exception as exc:  # noqa: BLE001 - budgets still work locally; say what is lost
+                log.warning("watchdog: no store at MASTER_ADDR:MASTER_PORT (%s): each rank checks its own budgets, "
+                            "but a hang report, the other ranks' stacks and failure naming are off", exc)
+        wd = cls(cfg, run_dir, rank, world, store=store)
         wd._thread = threading.Thread(target=wd._loop, name="ttrl-watchdog", daemon=True)
         wd._thread.start()
         _CURRENT = wd
