@@ -3,7 +3,8 @@
 ``run_job(cfg, opts)``: connect to a Ray cluster (``opts.address`` / ``RAY_ADDRESS``) or start a local one, reserve
 ``trainer.nnodes x trainer.n_gpus_per_node`` slots in a placement group (one GPU each, or one CPU on a CPU-only
 run; ``PACK``ed so a node's slots stay together), start one actor per slot, give each the torch.distributed
-environment torchrun would (RANK / WORLD_SIZE / LOCAL_RANK, MASTER_ADDR + a free MASTER_PORT on rank 0's node),
+environment torchrun would (RANK / WORLD_SIZE / LOCAL_RANK, MASTER_ADDR:MASTER_PORT = a TCPStore that rank 0's actor
+starts on a port the OS picks, which every rank joins as a client, like torchrun's agent store),
 run the worker program in every actor, and supervise: per-step progress from rank 0's ``metrics.jsonl``, the first
 failing rank's traceback, and on any failure or Ctrl-C every actor is killed, the placement group removed and a local
 cluster shut down (no orphaned processes). Returns the process exit code (as ``ttrl_megatron.main``'s: 0, 1, 2 for bad
@@ -22,7 +23,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -56,11 +56,20 @@ class RankWorker:
         signal.signal(signal.SIGUSR1, _remember_signal)
 
         ctx = ray.get_runtime_context()
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a port that is free on this node now
-            sock.bind(("", 0))
-            port = sock.getsockname()[1]
-        return {"ip": ray.util.get_node_ip_address(), "node": ctx.get_node_id(), "port": port,
+        return {"ip": ray.util.get_node_ip_address(), "node": ctx.get_node_id(),
                 "gpus": [int(g) for g in ray.get_gpu_ids()], "pid": os.getpid()}
+
+    def host_store(self) -> int:
+        """Rank 0: start the job's TCPStore on a port the OS picks, held by this actor until it ends; returns the
+        port. Every rank then joins it as a client (TORCHELASTIC_USE_AGENT_STORE, as under torchrun's agent): a
+        port probed free and bound later could be taken in between (EADDRINUSE on a busy node)."""
+        import datetime
+
+        import torch.distributed as dist
+
+        self._store = dist.TCPStore("0.0.0.0", 0, is_master=True, wait_for_workers=False,
+                                    timeout=datetime.timedelta(seconds=300))
+        return self._store.port
 
     def run(self, cfg, env: dict, progress=None) -> dict:
         """Set the torchrun environment and run the worker program; rank 0 also forwards metrics rows.
@@ -135,7 +144,8 @@ def _init_ray(opts: RayOptions, world: int, use_gpu: bool, extra_cpus: int) -> N
 
 
 def _rank_envs(infos: list[dict], use_gpu: bool) -> list[dict]:
-    """Per bundle: the torch.distributed env. Ranks go node by node (nodes in order of their first bundle)."""
+    """Per bundle: the torch.distributed env (MASTER_PORT is added once rank 0 hosts the store). Ranks go node by
+    node (nodes in order of their first bundle)."""
     node_order = list(dict.fromkeys(info["node"] for info in infos))
     order = sorted(range(len(infos)), key=lambda b: (node_order.index(infos[b]["node"]), b))
     master = infos[order[0]]
@@ -145,7 +155,7 @@ def _rank_envs(infos: list[dict], use_gpu: bool) -> list[dict]:
         local = seen.get(infos[b]["node"], 0)
         seen[infos[b]["node"]] = local + 1
         envs[b] = {"RANK": str(rank), "WORLD_SIZE": str(len(infos)), "MASTER_ADDR": master["ip"],
-                   "MASTER_PORT": str(master["port"]),
+                   "TORCHELASTIC_USE_AGENT_STORE": "True",  # every rank is a client of the store rank 0's actor holds
                    # on GPU every actor sees all of its node's GPUs (NOSET below); its own is the one Ray assigned
                    "LOCAL_RANK": str(infos[b]["gpus"][0] if use_gpu else local),
                    "LOCAL_WORLD_SIZE": str(sum(i["node"] == infos[b]["node"] for i in infos)),
@@ -179,7 +189,11 @@ def run_job(cfg, opts: RayOptions, out=sys.stdout) -> int:
                                      pg, placement_group_bundle_index=b)).remote() for b in range(world)]
         infos = ray.get([a.node_info.remote() for a in actors])
         envs = _rank_envs(infos, use_gpu)
-        stop.rank0 = next(info for info, e in zip(infos, envs) if e["RANK"] == "0")
+        rank0 = next(b for b, e in enumerate(envs) if e["RANK"] == "0")
+        stop.rank0 = infos[rank0]
+        port = ray.get(actors[rank0].host_store.remote())
+        for e in envs:
+            e["MASTER_PORT"] = str(port)
         grader_env = {"TTRL_GRADER": opts.grader}
         progress = Queue(actor_options={"num_cpus": 0})
         refs = {a.run.remote(cfg, {**e, **grader_env}, progress if e["RANK"] == "0" else None): int(e["RANK"])
