@@ -47,7 +47,7 @@ def outcomes(tmp_path_factory):
             cmds = [_torchrun("--nproc-per-node", "1", "--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint",
                               endpoint, "--rdzv-id", scenario) + [scenario, str(run_dir)] for _ in range(2)]
         else:
-            cmds = [_torchrun("--nproc-per-node", "2", "--master-port", str(free_port())) + [scenario, str(run_dir)]]
+            cmds = [_torchrun("--standalone", "--nproc-per-node", "2") + [scenario, str(run_dir)]]
         logs = [open(run_dir / f"node{i}.log", "w") for i in range(len(cmds))]
         procs = []
         for cmd, log in zip(cmds, logs):

@@ -17,8 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from ttrl_megatron.distributed import free_port
-
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +40,7 @@ def _env(status: Path) -> dict:
 
 def test_agreement_over_nccl_one_rank(tmp_path):
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    proc = subprocess.run([torchrun, "--nproc-per-node", "1", "--master-port", str(free_port()), "--no-python",
+    proc = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "1", "--no-python",
                            sys.executable, "-c", ONE_RANK], cwd=ROOT, env=_env(tmp_path), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -53,7 +51,7 @@ def test_agreement_over_nccl_one_rank(tmp_path):
 @pytest.mark.parametrize("scenario", ["basics", "hang"])
 def test_two_rank_scenarios_over_nccl(tmp_path, scenario):
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    proc = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", str(free_port()), "-m",
+    proc = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m",
                            "tests.dist.watchdog_prog", scenario, str(tmp_path)], cwd=ROOT, env=_env(tmp_path),
                           capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr

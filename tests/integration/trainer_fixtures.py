@@ -17,7 +17,6 @@ from pathlib import Path
 
 from tests.integration.proctree import signal_node
 from tests.integration.tiny_models import TinySpec, make_tiny_model
-from ttrl_megatron.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = TinySpec(arch="qwen2", vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -92,8 +91,9 @@ def _env(run_dir: Path) -> dict:
 
 def _command(args: list[str]) -> list[str]:
     torchrun = Path(sys.executable).with_name("torchrun")
-    return [str(torchrun), "--nproc-per-node", "2", "--master-port", str(free_port()), "-m", "ttrl_megatron.main",
-            *args]
+    # --standalone: the agent's store binds a port the OS picks (a port probed free and bound later can be taken in
+    # between on a busy machine: EADDRINUSE)
+    return [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "ttrl_megatron.main", *args]
 
 
 def launch(args: list[str], run_dir: Path, timeout_s: float = 300) -> subprocess.CompletedProcess:
