@@ -11,6 +11,8 @@ one Ray actor per ``trainer.nnodes x trainer.n_gpus_per_node`` slot. Launcher fl
   --config-name NAME     Hydra root config (as main's --config-name)
 
 Ray is an optional dependency: without it this prints how to install it and exits 2. Docs: docs/ray.md.
+Exit status as ``ttrl_megatron.main``'s: 0, 1 (a rank failed: its traceback), 2 (bad config/data: one line),
+75 (SIGUSR1/SIGTERM: every rank checkpointed after its step; run the same command to resume), 130 (interrupted).
 """
 
 from __future__ import annotations

@@ -17,6 +17,13 @@
 #   PYTHON          python of the environment [python]; torchrun runs as "$PYTHON -m torch.distributed.run"
 # trainer.nnodes / trainer.n_gpus_per_node are set to match (the trainer checks them against WORLD_SIZE); overrides
 # given on the command line come last and win.
+#
+# Signals (README "Running for days on Slurm"): SIGUSR1 (the early notice slurm.sbatch forwards through srun) is
+# passed to this node's ranks, which stop after the current step, checkpoint and exit 75; the torchrun agent itself
+# ignores it. SIGTERM / SIGINT go to the agent, which passes them on to the ranks (SIGTERM checkpoints too; the agent
+# SIGKILLs ranks still running 30 s later).
+# Exit status: the ranks' own status when they recorded one (75 preempted, 124 hang watchdog, 2 bad config/data),
+# else torchrun's (which reports any failed rank as 1).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -55,4 +62,32 @@ if [[ "${PRINT_ONLY:-0}" == "1" ]]; then
     exit 0
 fi
 cd "$ROOT"
-exec "${cmd[@]}"
+TTRL_EXIT_STATUS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ttrl-exit.XXXXXX")"
+export TTRL_EXIT_STATUS_DIR
+trap '' USR1  # inherited by the torchrun agent as "ignore"; the ranks install their own handler
+"${cmd[@]}" &
+agent=$!
+to_ranks() {  # the agent's children are this node's ranks
+    if command -v pkill >/dev/null 2>&1; then
+        pkill "-$1" -P "$agent" || true
+    else
+        for child in $(cat /proc/"$agent"/task/*/children 2>/dev/null); do kill "-$1" "$child" 2>/dev/null || true; done
+    fi
+}
+trap 'to_ranks USR1' USR1
+trap 'kill -TERM "$agent" 2>/dev/null || true' TERM
+trap 'kill -INT "$agent" 2>/dev/null || true' INT
+while :; do  # a trapped signal interrupts `wait`: wait again until the agent has really exited
+    wait "$agent" && rc=0 || rc=$?
+    kill -0 "$agent" 2>/dev/null || break
+done
+if [[ "$rc" -ne 0 ]]; then
+    for code in 124 2 75; do  # the most telling status any rank recorded
+        if cat "$TTRL_EXIT_STATUS_DIR"/rank* 2>/dev/null | grep -qx "$code"; then
+            rc=$code
+            break
+        fi
+    done
+fi
+rm -rf "$TTRL_EXIT_STATUS_DIR"
+exit "$rc"

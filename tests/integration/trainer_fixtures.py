@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.integration.proctree import signal_node
 from tests.integration.tiny_models import TinySpec, make_tiny_model
-from ttrl_megatron.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = TinySpec(arch="qwen2", vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -24,8 +24,20 @@ TINY = TinySpec(arch="qwen2", vocab_size=300, hidden_size=64, intermediate_size=
 QUESTIONS = [("1+2", "3"), ("4+4", "8"), ("2+5", "7"), ("3+3", "6")]
 
 # Pseudo-random but deterministic 0/1 score of the response text: groups get mixed rewards without a trained model.
+# The gate (tests/integration/cluster_sim.py): with $TTRL_TEST_GATE/armed present, the first call (rank 0, step 1's
+# reward phase) waits until $TTRL_TEST_GATE/released exists, so a test can signal or kill mid-step; scores unchanged.
 REWARD_FN = '''
+import os
+import time
+
+
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    gate = os.environ.get("TTRL_TEST_GATE")
+    if gate and os.path.exists(os.path.join(gate, "armed")) and not os.path.exists(os.path.join(gate, "released")):
+        open(os.path.join(gate, "reached"), "w").close()
+        deadline = time.monotonic() + 300
+        while not os.path.exists(os.path.join(gate, "released")) and time.monotonic() < deadline:
+            time.sleep(0.05)
     return float(sum(map(ord, solution_str)) % 2)
 '''
 
@@ -79,8 +91,9 @@ def _env(run_dir: Path) -> dict:
 
 def _command(args: list[str]) -> list[str]:
     torchrun = Path(sys.executable).with_name("torchrun")
-    return [str(torchrun), "--nproc-per-node", "2", "--master-port", str(free_port()), "-m", "ttrl_megatron.main",
-            *args]
+    # --standalone: the agent's store binds a port the OS picks (a port probed free and bound later can be taken in
+    # between on a busy machine: EADDRINUSE)
+    return [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "ttrl_megatron.main", *args]
 
 
 def launch(args: list[str], run_dir: Path, timeout_s: float = 300) -> subprocess.CompletedProcess:
@@ -92,7 +105,7 @@ def launch(args: list[str], run_dir: Path, timeout_s: float = 300) -> subprocess
 
 def launch_and_kill_after_checkpoint(args: list[str], run_dir: Path, step: int,
                                      timeout_s: float = 300) -> str:
-    """Start the trainer, SIGKILL its whole process group as soon as checkpoint ``step`` is the latest one."""
+    """Start the trainer, SIGKILL it (agent, ranks and their children) as soon as checkpoint ``step`` is the latest."""
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "killed_run.log"
     tracker = run_dir / "ckpt" / "latest_checkpointed_iteration.txt"
@@ -105,9 +118,8 @@ def launch_and_kill_after_checkpoint(args: list[str], run_dir: Path, step: int,
                 if tracker.is_file() and tracker.read_text().strip() == str(step):
                     break
                 time.sleep(0.05)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+        finally:  # the whole tree: torchrun puts each rank in a session of its own, so killpg would spare them
+            signal_node(proc.pid, signal.SIGKILL)
             proc.wait()
     return log.read_text()
 

@@ -1,6 +1,8 @@
 """scripts/launch/{torchrun.sh,slurm.sbatch}: `bash -n` clean, and in PRINT_ONLY=1 mode they build the expected
 command lines for given node/GPU counts (single node, and the multi-node c10d rendezvous under Slurm). Also runs
-shellcheck on both when it is installed."""
+shellcheck on both when it is installed. With a stand-in for torchrun (a bash agent and a Python rank): torchrun.sh
+forwards SIGUSR1 to the ranks (the agent survives it) and exits with the status the ranks recorded (75/124/2);
+slurm.sbatch forwards Slurm's early SIGUSR1 and requeues exactly the preempted job."""
 
 from __future__ import annotations
 
@@ -85,3 +87,114 @@ def test_slurm_builds_srun_and_per_node_torchrun(nodes, gpus):
 def test_slurm_outside_a_job_says_so():
     proc = _run(SLURM, [], SLURM_NNODES="2")
     assert proc.returncode == 2 and "not inside a Slurm job" in proc.stderr
+
+
+# ------------------------------------------------------------------ signals, exit statuses, requeue (no torch)
+# A stand-in for "$PYTHON -m torch.distributed.run ...": a bash "agent" (it inherits torchrun.sh's ignored SIGUSR1,
+# as the real agent does) with one Python "rank" that handles SIGUSR1 like trainer/preemption.py: it records its
+# exit status for torchrun.sh and exits with it; the agent then fails as torchrun does (exit 1).
+FAKE_AGENT = """#!/usr/bin/env bash
+"{python}" -c '
+import os, signal, sys, time
+from pathlib import Path
+mode = os.environ["FAKE_RANK"]
+def stop(signum, frame):
+    Path(os.environ["FAKE_OUT"], "rank_got").write_text(signal.Signals(signum).name)
+    Path(os.environ["TTRL_EXIT_STATUS_DIR"], "rank0").write_text("75\\n")
+    sys.exit(75)
+signal.signal(signal.SIGUSR1, stop)
+if mode in ("2", "124"):
+    Path(os.environ["TTRL_EXIT_STATUS_DIR"], "rank0").write_text(mode + "\\n")
+    sys.exit(int(mode))
+if mode == "0":
+    sys.exit(0)
+Path(os.environ["FAKE_OUT"], "ready").touch()
+time.sleep(60)
+' &
+wait $! && exit 0
+echo "agent alive after the rank stopped" > "$FAKE_OUT/agent_alive"
+exit 1
+"""
+
+
+def _fake_python(tmp_path: Path) -> Path:
+    import sys
+
+    agent = tmp_path / "fake_python"
+    agent.write_text(FAKE_AGENT.format(python=sys.executable))
+    agent.chmod(0o755)
+    return agent
+
+
+def _start(cmd: list[str], tmp_path: Path, mode: str, **env) -> subprocess.Popen:
+    base = {k: v for k, v in os.environ.items() if k not in SLURM_VARS and k != "PRINT_ONLY"}
+    full = {**base, "PYTHON": str(_fake_python(tmp_path)), "GPUS_PER_NODE": "1", "FAKE_RANK": mode,
+            "FAKE_OUT": str(tmp_path), "CONFIG_NAME": "ttrl_trainer", **env}
+    return subprocess.Popen(cmd, cwd=ROOT, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_file(path: Path, proc: subprocess.Popen, timeout_s: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_torchrun_sh_forwards_sigusr1_to_ranks_and_restores_their_status(tmp_path):
+    import signal
+
+    proc = _start(["bash", str(TORCHRUN)], tmp_path, "wait")
+    _wait_file(tmp_path / "ready", proc)
+    proc.send_signal(signal.SIGUSR1)  # to torchrun.sh only, as srun delivers it to the task
+    out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 75, out  # the rank's status, not the agent's 1
+    assert (tmp_path / "rank_got").read_text() == "SIGUSR1"
+    assert (tmp_path / "agent_alive").is_file()  # the agent ignored the signal and reported the rank's exit
+
+
+@pytest.mark.parametrize("mode,expected", [("2", 2), ("124", 124), ("0", 0)])
+def test_torchrun_sh_exit_status(tmp_path, mode, expected):
+    proc = _start(["bash", str(TORCHRUN)], tmp_path, mode)
+    out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == expected, out
+
+
+@pytest.mark.parametrize("mode,expected,requeued", [("wait", 75, True), ("2", 2, False), ("0", 0, False)])
+def test_slurm_sbatch_forwards_the_notice_and_requeues_only_a_preempted_job(tmp_path, mode, expected, requeued):
+    import signal
+
+    from tests.integration.cluster_sim import fake_slurm_bin
+
+    bin_dir = fake_slurm_bin(tmp_path / "bin")
+    proc = _start(["bash", str(SLURM)], tmp_path, mode, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+                  SLURM_JOB_ID="99", SLURM_NNODES="1", SLURM_JOB_NODELIST="node1", CONTAINER_MOUNTS="",
+                  FAKE_SLURM_LOG=str(tmp_path / "slurm.log"))
+    if mode == "wait":
+        _wait_file(tmp_path / "ready", proc)
+        proc.send_signal(signal.SIGUSR1)  # Slurm's --signal=B:USR1 reaches only the batch shell
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == expected, out
+    log = tmp_path / "slurm.log"
+    assert (log.read_text() == "requeue 99\n") if requeued else not log.exists(), out
+    if requeued:
+        assert "SIGUSR1 (time limit near)" in out and "requeueing job 99" in out
+
+
+def test_slurm_head_node_survives_a_long_host_list(tmp_path):
+    """`scontrol show hostnames | head -n 1` under pipefail killed the script when the list outgrew a pipe buffer."""
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text("#!/usr/bin/env bash\nfor i in $(seq 100000); do echo node$i; done\n")
+    scontrol.chmod(0o755)
+    proc = _run(SLURM, [], SLURM_NNODES="2", SLURM_JOB_NODELIST="node[1-100000]",
+                PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert proc.returncode == 0, proc.stderr
+    assert "RDZV_ENDPOINT=node1:29500" in proc.stdout
+
+
+def test_slurm_sbatch_asks_for_the_notice_and_requeue():
+    header = [ln for ln in SLURM.read_text().splitlines() if ln.startswith("#SBATCH")]
+    assert "#SBATCH --signal=B:USR1@600" in header and "#SBATCH --requeue" in header
+    assert "#SBATCH --open-mode=append" in header  # a requeued job appends to the same log

@@ -13,7 +13,8 @@ from .names import adv_estimator_names, need_critic, need_reference_policy, poli
 from .rollout_sections import RolloutConfig, SyncConfig, ValKwargsConfig
 from .sections import (ActorRolloutRefConfig, AlgorithmConfig, CustomRewardFunctionConfig, DataConfig,
                        FilterGroupsConfig, GrpoNsrConfig, KLCtrlConfig, OverlongBufferConfig, PsrNsrConfig,
-                       RewardModelConfig, RolloutCorrectionConfig, TrainerConfig, TTRLConfig, TTRLTrainerConfig)
+                       RewardModelConfig, RolloutCorrectionConfig, TrainerConfig, TTRLConfig, TTRLTrainerConfig,
+                       WatchdogConfig)
 from .validate import validate
 
 __all__ = [
@@ -24,5 +25,5 @@ __all__ = [
     "FsdpCompatConfig", "PolicyLossConfig", "CheckpointConfig", "CriticConfig", "CriticModelConfig",
     "AlgorithmConfig", "KLCtrlConfig", "GrpoNsrConfig", "PsrNsrConfig", "CustomRewardFunctionConfig",
     "RewardModelConfig", "TTRLConfig", "TrainerConfig", "FilterGroupsConfig", "RolloutCorrectionConfig",
-    "OverlongBufferConfig",
+    "OverlongBufferConfig", "WatchdogConfig",
 ]

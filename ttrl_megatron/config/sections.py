@@ -145,6 +145,24 @@ class TTRLConfig:
 
 
 @dataclass(kw_only=True)
+class WatchdogConfig:
+    """Per-rank hang watchdog (trainer/watchdog.py): a phase that runs past its budget makes every rank write its
+    Python stacks to ``<run_dir>/hangs/`` and the job exit 124 naming the phase and rank. Budgets must stay below
+    trainer.collective_timeout_s (validate checks it), so a rank waiting in a collective is reported first."""
+
+    enable: bool = True  # run the watchdog thread on every rank
+    generation_s: Optional[float] = 1200.0  # seconds per rollout generation (timing_s/gen); null = no budget
+    reward_s: Optional[float] = 1200.0  # seconds per grading + voting phase (timing_s/reward); null = no budget
+    update_s: Optional[float] = 1200.0  # seconds per log-prob / values / critic / actor update phase; null = no budget
+    sync_s: Optional[float] = 600.0  # seconds per actor -> rollout weight push (timing_s/update_weights); null = none
+    checkpoint_s: Optional[float] = 1500.0  # seconds per checkpoint save or load; null = no budget
+    validation_s: Optional[float] = 1500.0  # seconds per validation run (timing_s/testing); null = no budget
+    step_s: Optional[float] = None  # seconds per whole training step (catches hangs between phases); null = none
+    heartbeat_timeout_s: Optional[float] = 300.0  # a rank whose watchdog thread is silent this long is reported gone
+    poll_s: float = 1.0  # seconds between the watchdog's checks (and heartbeats), > 0
+
+
+@dataclass(kw_only=True)
 class TrainerConfig:
     logger: list[str] = field(default_factory=lambda: ["console", "jsonl"])  # of: console, jsonl, tensorboard, wandb
     project_name: str = "ttrl_megatron"  # tracker project / directory name
@@ -167,6 +185,10 @@ class TrainerConfig:
     validation_data_dir: Optional[str] = None  # dump validation generations here; null = off
     seed: int = 42  # global seed of the driver (uids, random sample selection, torch default generator)
     run_dir: Optional[str] = None  # resolved config, metrics and logs go here; null = default_local_dir
+    collective_timeout_s: float = 1800.0  # torch.distributed timeout of one collective (NCCL/gloo), seconds
+    # signals (names) that make every rank stop after the current step, checkpoint and exit 75; [] = none
+    preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
 
 
 @dataclass(kw_only=True)

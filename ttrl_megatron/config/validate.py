@@ -33,6 +33,7 @@ def validate(cfg: TTRLTrainerConfig, world_size: int | None = None, *, check_pat
     problems += _check_filtering_and_shaping(cfg)
     problems += _check_compat_and_device(cfg)
     problems += _check_perf(cfg)
+    problems += _check_reliability(cfg)
     if check_paths:
         problems += _check_paths(cfg)
     if problems:
@@ -365,6 +366,39 @@ def _check_compat_and_device(cfg: TTRLTrainerConfig) -> list[str]:
             p.append("float16 is not supported with trainer.device=cpu; use bfloat16 or float32")
     if cfg.trainer.resume_mode == "resume_path" and not cfg.trainer.resume_from_path:
         p.append("trainer.resume_mode=resume_path needs trainer.resume_from_path (a global_step_<k> directory)")
+    return p
+
+
+# Signals a preemption handler cannot (SIGKILL, SIGSTOP) or must not (SIGINT: Ctrl-C stays a hard interrupt) take.
+_UNCATCHABLE = ("SIGKILL", "SIGSTOP", "SIGINT")
+
+
+def _check_reliability(cfg: TTRLTrainerConfig) -> list[str]:
+    """Collective timeout, preemption signals and the watchdog's budgets (trainer/preemption.py, trainer/watchdog.py)."""
+    import signal
+
+    tr, wd, p = cfg.trainer, cfg.trainer.watchdog, []
+    if not tr.collective_timeout_s > 0:
+        p.append(f"trainer.collective_timeout_s={tr.collective_timeout_s} must be > 0 (seconds)")
+    for i, name in enumerate(tr.preempt_signals):
+        if name in _UNCATCHABLE or not name.startswith("SIG") or not hasattr(signal, name):
+            p.append(f"trainer.preempt_signals[{i}]={name!r} is not a signal a run can stop on; use names such as "
+                     f"SIGTERM, SIGUSR1, SIGUSR2 (not {', '.join(_UNCATCHABLE)})")
+    if not wd.poll_s > 0:
+        p.append(f"trainer.watchdog.poll_s={wd.poll_s} must be > 0")
+    if not wd.enable:
+        return p
+    for name in ("generation_s", "reward_s", "update_s", "sync_s", "checkpoint_s", "validation_s", "step_s",
+                 "heartbeat_timeout_s"):
+        value = getattr(wd, name)
+        if value is None:
+            continue
+        if value <= wd.poll_s:
+            p.append(f"trainer.watchdog.{name}={value} must be > trainer.watchdog.poll_s={wd.poll_s} (or null = off)")
+        elif name not in ("step_s", "heartbeat_timeout_s") and value >= tr.collective_timeout_s:
+            p.append(f"trainer.watchdog.{name}={value} is not below trainer.collective_timeout_s="
+                     f"{tr.collective_timeout_s}: ranks waiting in a collective would time out before the watchdog "
+                     f"reports where the run hangs; lower the budget or raise the timeout")
     return p
 
 

@@ -7,6 +7,7 @@ Torch only (via dataset.py). `build_train_loader` follows data.{train_batch_size
 from ttrl_megatron.config import DataConfig
 
 from .dataset import PromptDataset, collate_prompts
+from .records import DataError
 from .sampler import ResumableBatchSampler
 
 
@@ -41,8 +42,11 @@ class PromptLoader:
 
 
 def build_train_loader(dataset: PromptDataset, cfg: DataConfig) -> PromptLoader:
-    sampler = ResumableBatchSampler(len(dataset), cfg.train_batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
-                                    drop_last=cfg.drop_last)
+    try:
+        sampler = ResumableBatchSampler(len(dataset), cfg.train_batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
+                                        drop_last=cfg.drop_last)
+    except ValueError as exc:  # too few prompts for one batch: a data problem, named with its files
+        raise DataError(f"data.train_files={cfg.train_files}: {exc}") from None
     return PromptLoader(dataset, sampler)
 
 

@@ -37,19 +37,26 @@ def read_rows(path: Union[str, Path]) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: data file does not exist")
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        try:
+            return pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as exc:  # truncated, empty or not parquet at all
+            raise DataError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
     if path.suffix in (".jsonl", ".json"):
         rows = []
-        with path.open() as f:
-            for i, line in enumerate(f):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}: line {i + 1} is not valid JSON ({exc.msg})") from exc
+        for i, raw in enumerate(path.read_bytes().splitlines()):  # bytes: exact line numbers for decode errors
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}: line {i + 1} is not UTF-8 text ({exc.reason})") from None
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {i + 1} is not valid JSON ({exc.msg})") from None
         return rows
     raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .parquet or .jsonl")
 
@@ -116,6 +123,9 @@ def load_records(paths: list[Union[str, Path]], prompt_key: str = "prompt") -> l
     """Read and check every row of every file, in order."""
     records = []
     for path in paths:
-        for i, row in enumerate(read_rows(path)):
+        rows = read_rows(path)
+        if not rows:
+            raise DataError(f"{path}: the file holds no rows (empty); fill it or leave it out of data.*_files")
+        for i, row in enumerate(rows):
             records.append(parse_row(row, str(path), i, prompt_key))
     return records

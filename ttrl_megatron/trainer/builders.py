@@ -23,8 +23,9 @@ from ttrl_megatron.rollout.base import derive_seed
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def init_parallel(megatron_cfg, device: str, seed: int) -> ParallelLayout:
-    """torch.distributed (torchrun env) + megatron TP x PP x DP groups; seeds every RNG with ``seed``."""
+def init_parallel(megatron_cfg, device: str, seed: int, timeout_s: float) -> ParallelLayout:
+    """torch.distributed (torchrun env) + megatron TP x PP x DP groups; seeds every RNG with ``seed``. ``timeout_s``
+    (trainer.collective_timeout_s) bounds every collective of every group."""
     from ttrl_megatron.megatron.parallel import init_distributed
 
     if "RANK" not in os.environ:  # plain `python -m ttrl_megatron.main`: a one-process world on a free port
@@ -34,7 +35,7 @@ def init_parallel(megatron_cfg, device: str, seed: int) -> ParallelLayout:
     layout = ParallelLayout.from_world(world, megatron_cfg.tensor_model_parallel_size,
                                        megatron_cfg.pipeline_model_parallel_size,
                                        field_prefix="actor_rollout_ref.actor.megatron")
-    init_distributed(layout, backend="gloo" if device == "cpu" else "nccl", seed=seed)
+    init_distributed(layout, backend="gloo" if device == "cpu" else "nccl", seed=seed, timeout_s=timeout_s)
     return layout
 
 

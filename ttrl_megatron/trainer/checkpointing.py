@@ -20,7 +20,11 @@ Crash safety: everything is written under ``.global_step_<N>.tmp`` and renamed t
 (rename = commit); only then is the tracker file replaced (write temp + ``os.replace``). A process killed at any
 moment leaves the tracker pointing at a complete checkpoint (the previous or the new one). Older checkpoints are then
 pruned to ``max_actor_ckpt_to_keep`` (whole step) / ``max_critic_ckpt_to_keep`` (critic part); the one the tracker
-names is never removed.
+names is never removed. A write that fails (a full disk, a quota, an I/O error) on any rank fails the save on every
+rank with one ``CheckpointSaveError`` naming the file that could not be written; the partial ``.tmp`` is removed and
+the tracker keeps naming the previous checkpoint (megatron's dist-checkpoint writer reports a failed write on every
+rank; our own per-rank files are agreed on with one all-gather before the commit). Debris of interrupted saves is
+swept when the manager starts.
 
 Uses ``ttrl_megatron.megatron.engine_checkpoint`` for actor/critic (our megatron package is the only megatron.core
 user; imported where used, so the directory protocol below can be tested without megatron); torch.distributed here.
@@ -49,6 +53,10 @@ STEP_DIR = re.compile(r"^global_step_(\d+)$")
 
 class ResumeError(RuntimeError):
     """A checkpoint that cannot be resumed (missing or incomplete); the message says what to do."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (raised on every rank); the previous checkpoint stays the latest."""
 
 
 def step_dir(root: str | os.PathLike, step: int) -> Path:
@@ -126,6 +134,79 @@ def load_role(role, role_dir: Path) -> None:
     load_engine_checkpoint(role.engine, str(role_dir))
 
 
+# ------------------------------------------------------------------ failures agreed on by every rank
+class _CollectiveWriteError(RuntimeError):
+    """Some rank's local write failed; carries that rank's message."""
+
+
+def _attempt(write) -> Optional[str]:
+    """Run one rank-local write; its failure as one line naming the file (None when it worked)."""
+    try:
+        write()
+    except OSError as exc:
+        return f"rank {_rank()}: {_describe(exc)}"
+    return None
+
+
+def _agree(problem: Optional[str]) -> None:
+    """Collective: raise the first rank's problem on every rank (so no rank waits in a barrier of a failed save)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        if problem:
+            raise _CollectiveWriteError(problem)
+        return
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, problem)
+    first = next((p for p in everyone if p), None)
+    if first:
+        raise _CollectiveWriteError(first)
+
+
+def _describe(exc: OSError) -> str:
+    text = f"[Errno {exc.errno}] {exc.strerror or exc}" if exc.errno else str(exc)
+    return f"{text}: {exc.filename}" if exc.filename else text
+
+
+def _dcp_exception() -> type:
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    return CheckpointException
+
+
+def _root_cause(exc: BaseException) -> str:
+    """One line: the failing rank and its OSError (with the file) when there is one, else its error's last line.
+    dist-checkpoint wraps every rank's failure in one CheckpointException, so look inside."""
+    if isinstance(exc, _CollectiveWriteError):
+        return str(exc)
+    failures = list(getattr(exc, "failures", {}).items()) or [(_rank(), exc)]
+    for rank, failure in failures:
+        found = _find_os_error(failure[0] if isinstance(failure, tuple) else failure)
+        if found is not None:
+            return f"rank {rank}: {_describe(found)}"
+    rank, failure = failures[0]
+    inner = failure[0] if isinstance(failure, tuple) else failure
+    lines = str(inner).strip().splitlines()
+    return f"rank {rank}: {type(inner).__name__}: {lines[-1] if lines else ''}"
+
+
+def _disk_note(root: Path) -> str:
+    """"; <root> has N MiB free of M MiB: the disk is full" when it (nearly) is: torch's writer may hide ENOSPC."""
+    try:
+        usage = shutil.disk_usage(root)
+    except OSError:
+        return ""
+    if usage.free > max(64 << 20, usage.total // 100):  # more than 1% and 64 MiB free: not the cause
+        return ""
+    return f"; {root} has {usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB: the disk is full"
+
+
+def _find_os_error(exc: Optional[BaseException], depth: int = 0) -> Optional[OSError]:
+    if exc is None or depth > 8:
+        return None
+    if isinstance(exc, OSError):
+        return exc
+    return _find_os_error(exc.__cause__ or exc.__context__, depth + 1)
+
+
 # ------------------------------------------------------------------ RNG and extra state
 def rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
@@ -146,26 +227,69 @@ class CheckpointManager:
         self.hf_source_dir = hf_source_dir
         self.max_actor_keep, self.max_critic_keep = max_actor_keep, max_critic_keep
 
+    def sweep_debris(self) -> None:
+        """Rank 0 removes ``.global_step_*.tmp`` folders left by saves that were interrupted (killed, disk full)."""
+        if _rank() == 0 and self.root.is_dir():
+            for p in self.root.iterdir():
+                if p.name.startswith(".global_step_") and p.name.endswith(".tmp") and p.is_dir():
+                    log.warning("removing %s: an interrupted save's partial checkpoint", p)
+                    shutil.rmtree(p, ignore_errors=True)
+        _barrier()
+
     def save(self, step: int, roles: dict[str, Any], extra: dict) -> Path:
-        """Collectively write checkpoint ``step``; returns its final directory."""
+        """Collectively write checkpoint ``step``; returns its final directory. Raises CheckpointSaveError on every
+        rank when a write fails anywhere (nothing is committed then)."""
         final = step_dir(self.root, step)
         tmp = self.root / f".{final.name}.tmp"
+        writing = tmp
+        try:
+            _agree(_attempt(lambda: self._prepare(tmp)) if _rank() == 0 else None)
+            for name, role in roles.items():
+                writing = tmp / name
+                save_role(role, writing, self.hf_source_dir)  # collective; dist-checkpoint raises on every rank
+            writing = tmp / "extra"
+            _agree(_attempt(lambda: self._write_extra(tmp, step, extra)))
+            writing = final
+            _agree(_attempt(lambda: self._commit(tmp, final, step)) if _rank() == 0 else None)
+        except (_CollectiveWriteError, _dcp_exception()) as exc:  # raised on every rank: clean up together
+            raise self._save_failed(step, tmp, writing, exc, collective=True) from None
+        except OSError as exc:  # this rank alone (a rank-0-only write inside a role's save): peers may still be
+            raise self._save_failed(step, tmp, writing, exc, collective=False) from None  # writing: keep debris
         if _rank() == 0:
-            self.root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)  # debris of an interrupted save
-            (tmp / "extra").mkdir(parents=True)
-        _barrier()
-        for name, role in roles.items():
-            save_role(role, tmp / name, self.hf_source_dir)
-        torch.save(rng_state(), tmp / "extra" / f"rng_rank{_rank():05d}.pt")
-        if _rank() == 0:
-            torch.save({**extra, "step": step, "layout": _layout_record()}, tmp / "extra" / "state.pt")
-        _barrier()
-        if _rank() == 0:
-            self._commit(tmp, final, step)
             self._prune(step)
         _barrier()
         return final
+
+    def _prepare(self, tmp: Path) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # debris of an interrupted save of this step
+        (tmp / "extra").mkdir(parents=True)
+
+    @staticmethod
+    def _write_extra(tmp: Path, step: int, extra: dict) -> None:
+        torch.save(rng_state(), tmp / "extra" / f"rng_rank{_rank():05d}.pt")
+        if _rank() == 0:
+            torch.save({**extra, "step": step, "layout": _layout_record()}, tmp / "extra" / "state.pt")
+
+    def _save_failed(self, step: int, tmp: Path, writing: Path, exc: BaseException,
+                     collective: bool) -> CheckpointSaveError:
+        """Why the save failed; after a collective failure (every rank stopped writing) the partial folder goes."""
+        cause = _root_cause(exc)
+        if "[Errno" not in cause:  # torch's zip writer reports a failed write as "unexpected pos": say where
+            cause += f" (while writing {writing})"
+        cause += _disk_note(self.root)
+        if collective:
+            _barrier()
+            if _rank() == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            _barrier()
+        tracker = self.root / TRACKER
+        previous = tracker.read_text(encoding="utf-8").strip() if tracker.is_file() else ""
+        kept = (f"the latest checkpoint is still {step_dir(self.root, int(previous))}" if previous.isdigit()
+                else "there is no earlier checkpoint")
+        removed = f"the partial {tmp.name} {'was removed' if collective else 'is removed at restart'}"
+        return CheckpointSaveError(f"checkpoint of step {step} was not saved: {cause}; {kept} ({removed}); free space "
+                                   f"under {self.root} or point trainer.default_local_dir elsewhere, then resume")
 
     def _commit(self, tmp: Path, final: Path, step: int) -> None:
         old = self.root / f".{final.name}.old"

@@ -9,6 +9,11 @@ KL in reward, rollout correction, advantages, metrics) then run on every rank on
 actor/critic take their DP shard of it inside ``compute_log_prob`` / ``update_policy`` (megatron/engine.py). Only
 rank 0 logs and writes dumps; checkpoints are written by all ranks collectively.
 
+Reliability (README "Running for days on Slurm"): the checkpoint and run directories are checked to be shared by all
+ranks at start (shared_dirs.py); every phase runs under the hang watchdog's budget (watchdog.py); once per step the
+ranks agree whether a preemption signal arrived, and if so the loop checkpoints and raises ``Preempted``
+(preemption.py), which main.py turns into exit status 75 for the launcher to requeue.
+
 Choices are made once in ``setup()`` by which objects exist (``self.ref``, ``self.critic``, ``self.kl_ctrl``,
 ``self.adv_metrics``, ``self.rollout_corr``, ``self.truncation_mask``; the batch collector's filter settings), never by
 flags re-read inside the loop. The root config stops here: components receive their
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from functools import partial
 from pathlib import Path
 
@@ -41,7 +47,10 @@ from .dumps import generation_rows, write_jsonl
 from .dynamic_sampling import FilterSettings, StepBatchCollector, real_rows, relabel_groups
 from .generation import TRAIN, RolloutGroups, generate_batch, sampling_for
 from .labels import RewardStep
+from . import watchdog as W
 from .metrics import PhaseTimer, compute_data_metrics, throughput_metrics
+from .preemption import Preempted, PreemptionHandler
+from .shared_dirs import check_shared_dirs
 from .tracking import Tracker, check_loggers
 from .validation import Validator
 
@@ -49,17 +58,24 @@ log = logging.getLogger(__name__)
 
 
 class TTRLTrainer:
-    def __init__(self, cfg: TTRLTrainerConfig):
+    def __init__(self, cfg: TTRLTrainerConfig, preemption: PreemptionHandler | None = None):
         self.cfg = cfg
         self.global_step = 0
+        # signals are installed by the caller (main.run: before setup, so a signal during setup is kept too)
+        self.preemption = preemption if preemption is not None else PreemptionHandler([])
+        self.watchdog: W.Watchdog | None = None
+        self._saved_step = 0  # newest step with a committed checkpoint (resumed or saved by this run)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> "TTRLTrainer":
         cfg, tr, arr = self.cfg, self.cfg.trainer, self.cfg.actor_rollout_ref
         check_loggers(tr.logger)
-        self.layout = B.init_parallel(arr.actor.megatron, tr.device, tr.seed)
+        self.layout = B.init_parallel(arr.actor.megatron, tr.device, tr.seed, tr.collective_timeout_s)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.rollout_groups = RolloutGroups(self.rank, self.world, arr.rollout.tensor_model_parallel_size)
+        self.watchdog = W.Watchdog.start(tr.watchdog, tr.run_dir)
+        check_shared_dirs(_unique_dirs({"trainer.default_local_dir": tr.default_local_dir,
+                                        "trainer.run_dir": tr.run_dir}))
         B.resolve_initial_policy(cfg, tr.run_dir)  # NeMo-2 / Megatron-Bridge / Megatron-LM / ours -> an HF folder
         self.tokenizer = load_tokenizer(cfg.data.tokenizer, arr.model.trust_remote_code)
         self.train_loader, val_loader = B.build_loaders(cfg.data, self.tokenizer)
@@ -103,8 +119,11 @@ class TTRLTrainer:
             max_critic_keep=tr.max_critic_ckpt_to_keep)
         self.colocate = B.build_colocation(self.engine, self.weight_sync, self.actor, arr.actor.megatron,
                                            self.critic, cfg.critic.megatron)
-        self.global_step = self._resume()
-        self.colocate.refit()  # the engine must hold the actor's weights (resumed ones included)
+        self.checkpoints.sweep_debris()
+        with W.phase("checkpoint"):
+            self.global_step = self._saved_step = self._resume()
+        with W.phase("update_weights"):
+            self.colocate.refit()  # the engine must hold the actor's weights (resumed ones included)
         self.tracker = None
         if self.rank == 0:
             save_resolved(cfg, tr.run_dir)
@@ -193,7 +212,8 @@ class TTRLTrainer:
     # ------------------------------------------------------------------ the step
     def train_step(self, prompts: dict) -> dict:
         """One TTRL step starting from a collated prompt batch; returns its metrics (identical on every rank)."""
-        step, timer = self.global_step + 1, PhaseTimer()
+        step = self.global_step + 1
+        timer = self.phase_timer(step)
         with timer("step"):
             # generate, vote, keep n_samples, token_level_scores; filters pull further prompt batches if enabled
             batch, metrics = self.collect(prompts, step, timer)
@@ -257,16 +277,23 @@ class TTRLTrainer:
         if self.tracker is not None:
             self.tracker.log(metrics, step)
 
+    def phase_timer(self, step: int) -> PhaseTimer:
+        """Timer of step ``step``'s phases (``timing_s/*``); under the watchdog each phase also has its budget."""
+        return self.watchdog.timer(step) if self.watchdog is not None else PhaseTimer()
+
     def fit(self) -> None:
+        """Train to ``total_steps``. Raises ``Preempted`` (after a committed checkpoint) when a rank was signalled."""
         tr = self.cfg.trainer
         if self.validator is not None and tr.val_before_train and self.global_step == 0:
-            self.log(self.validator.run(0), 0)
+            with W.phase("testing", 0):
+                self.log(self.validator.run(0), 0)
         while self.global_step < self.total_steps:
+            self._stop_if_preempted()  # a collective: every rank decides the same, between two steps
             metrics = self.train_step(self.train_loader.next_batch())
             self.global_step += 1
             step, last = self.global_step, self.global_step == self.total_steps
             if self.validator is not None and tr.test_freq > 0 and (step % tr.test_freq == 0 or last):
-                timer = PhaseTimer()
+                timer = self.phase_timer(step)
                 with timer("testing"):
                     metrics.update(self.validator.run(step))
                 metrics.update(timer.metrics())
@@ -274,11 +301,20 @@ class TTRLTrainer:
             if tr.save_freq > 0 and (step % tr.save_freq == 0 or last):
                 self.save_checkpoint()
 
+    def _stop_if_preempted(self) -> None:
+        reason = self.preemption.agreed()
+        if reason is None:
+            return
+        path = self.save_checkpoint() if self.global_step > self._saved_step else None
+        raise Preempted(self.global_step, reason, path)
+
     def save_checkpoint(self) -> Path:
         extra = {"sampler": self.train_loader.state_dict(),
                  "kl_ctrl": self.kl_ctrl.state_dict() if self.kl_ctrl is not None else None}
-        with self.colocate.trainer_state():  # offloaded state back on the device while it is saved
-            return self.checkpoints.save(self.global_step, self.roles(), extra)
+        with self.colocate.trainer_state(), W.phase("checkpoint", self.global_step):
+            path = self.checkpoints.save(self.global_step, self.roles(), extra)  # offloaded state back while saved
+        self._saved_step = self.global_step
+        return path
 
     def close(self) -> None:
         """Flush loggers, write the metrics plot (rank 0), stop the engine and the grader."""
@@ -290,4 +326,15 @@ class TTRLTrainer:
         self.engine.shutdown()
         if self.grader is not None:
             self.grader.close()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+
+
+def _unique_dirs(dirs: dict[str, str]) -> dict[str, str]:
+    """The same directory under two fields is checked once (run_dir defaults to default_local_dir)."""
+    seen: dict[str, str] = {}
+    for field, path in dirs.items():
+        if path and os.path.abspath(path) not in seen.values():
+            seen[field] = os.path.abspath(path)
+    return {field: dirs[field] for field in seen}
 

@@ -133,6 +133,17 @@ CASES = {  # id: (field changes, world_size or None, text the message must conta
     "dynamic_bsz_token_budget_below_one_sequence": ({f"{ARR}.actor.use_dynamic_bsz": True,
                                                      f"{ARR}.actor.ppo_max_token_len_per_gpu": 10}, None,
                                                     f"{ARR}.actor.ppo_max_token_len_per_gpu=10 is below one full"),
+    "collective_timeout_not_positive": ({"trainer.collective_timeout_s": 0}, None,
+                                        "trainer.collective_timeout_s=0 must be > 0"),
+    "preempt_signal_uncatchable": ({"trainer.preempt_signals": ["SIGUSR1", "SIGKILL"]}, None,
+                                   "trainer.preempt_signals[1]='SIGKILL' is not a signal a run can stop on"),
+    "preempt_signal_unknown": ({"trainer.preempt_signals": ["USR1"]}, None, "trainer.preempt_signals[0]='USR1'"),
+    "watchdog_budget_not_below_collective_timeout": ({"trainer.watchdog.generation_s": 1800.0}, None,
+                                                     "trainer.watchdog.generation_s=1800.0 is not below "
+                                                     "trainer.collective_timeout_s=1800.0"),
+    "watchdog_budget_not_above_poll": ({"trainer.watchdog.sync_s": 0.5}, None,
+                                       "trainer.watchdog.sync_s=0.5 must be > trainer.watchdog.poll_s=1.0"),
+    "watchdog_poll_not_positive": ({"trainer.watchdog.poll_s": 0}, None, "trainer.watchdog.poll_s=0 must be > 0"),
 }
 
 
@@ -175,3 +186,9 @@ def test_estimator_names_come_from_the_registry():
         assert name in adv_estimator_names()
     for name in ("vanilla", "gspo", "clip_cov", "kl_cov", "gpg", "sapo", "geo_mean", "cispo"):
         assert name in policy_loss_names()
+
+
+def test_watchdog_budgets_may_be_off_or_the_watchdog_disabled(base):
+    validate(_with(base, {"trainer.watchdog.generation_s": None, "trainer.watchdog.step_s": 99999.0}))
+    validate(_with(base, {"trainer.watchdog.enable": False, "trainer.watchdog.update_s": 99999.0}))
+    validate(_with(base, {"trainer.preempt_signals": []}))

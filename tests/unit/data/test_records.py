@@ -72,3 +72,26 @@ def test_bad_json_line_and_bad_files(tmp_path):
 def test_custom_prompt_key(tmp_path):
     path = write_rows([{**{k: v for k, v in GOOD.items() if k != "prompt"}, "question": "q?"}], tmp_path / "d.jsonl")
     assert load_records([path], prompt_key="question")[0].prompt == "q?"
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n"], ids=["zero_bytes", "blank_lines"])
+def test_empty_jsonl_file_is_named(tmp_path, content):
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=f"{path}: the file holds no rows"):
+        load_records([path])
+
+
+@pytest.mark.parametrize("content", [b"", b"PAR1 not really parquet"], ids=["zero_bytes", "garbage"])
+def test_unreadable_parquet_is_named_not_an_arrow_traceback(tmp_path, content):
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=f"{path}: not a readable parquet file"):
+        read_rows(path)
+
+
+def test_non_utf8_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + '{"prompt": "caf\u00e9"}'.encode("latin-1") + b"\n")
+    with pytest.raises(DataError, match=f"{path}: line 2 is not UTF-8 text"):
+        read_rows(path)
