@@ -126,6 +126,8 @@ class TrainerConfig:
     validation_data_dir: Optional[str] = None  # dump validation generations here; null = off
     seed: int = 42  # global seed of the driver (uids, random sample selection, torch default generator)
     run_dir: Optional[str] = None  # resolved config, metrics and logs go here; null = default_local_dir
+    memory_check: bool = True  # device=cuda: validate() refuses a config whose memory plan does not fit the GPU; False = run anyway
+    gpu_memory_gib: Optional[float] = None  # GPU size the memory plan checks; null = this GPU's total memory, else 79 (H100 80GB)
 
 
 @dataclass(kw_only=True)

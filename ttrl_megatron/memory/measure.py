@@ -108,6 +108,8 @@ def init_optimizer_state(optimizer) -> None:
         init = getattr(opt, "init_state_fn", None)
         if init is not None and getattr(opt, "optimizer", None) is not None:
             init(opt.optimizer, opt.config)
+            for state in opt.optimizer.state.values():  # torch Adam then expects its step counter too
+                state.setdefault("step", torch.zeros(()))  # host: torch keeps a CPU step counter
 
 
 def role_state(name: str, engine) -> Dict[str, int]:
@@ -306,3 +308,31 @@ def measure_engine(cfg, arch, *, fake: bool, rows: Optional[int] = None, seed: i
         for name, fn in phases:
             measured.phases[name] = _phase(counter, fn)
     return measured
+
+
+def measurable_config(cfg):
+    """A copy of ``cfg`` the fake measurement can build: device=cpu (megatron's local spec) and the GPU-only
+    offloads off (an offload moves state between phases; the plan's residency accounts for it, the measurement
+    reports each phase with its model on the device)."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    cfg.trainer.device = "cpu"
+    for meg in (cfg.actor_rollout_ref.actor.megatron, cfg.actor_rollout_ref.ref.megatron, cfg.critic.megatron):
+        meg.param_offload = meg.optimizer_offload = meg.grad_offload = False
+    return cfg
+
+
+def measure_rank(cfg, arch, rank: int) -> tuple:
+    """Fake-tensor measurement of global rank ``rank`` of the config's TP x PP x DP layout in this process
+    (which must have no torch.distributed / megatron state). Returns (pipeline stage, ``Measured``)."""
+    from ttrl_megatron.distributed import ParallelLayout
+    from ttrl_megatron.megatron.fake_world import fake_world
+
+    meg, tr = cfg.actor_rollout_ref.actor.megatron, cfg.trainer
+    world = tr.nnodes * tr.n_gpus_per_node
+    layout = ParallelLayout.from_world(world, meg.tensor_model_parallel_size, meg.pipeline_model_parallel_size)
+    stage = layout.coords(rank)["pp"]
+    with fake_world(layout.tp, layout.pp, rank, world, seed=tr.seed):
+        measured = measure_engine(measurable_config(cfg), arch, fake=True)
+    return stage, measured

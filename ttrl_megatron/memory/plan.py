@@ -209,7 +209,7 @@ def plan_memory(cfg, arch, *, world: Optional[int] = None, device_bytes: Optiona
     if device_bytes is None:
         gib = getattr(tr, "gpu_memory_gib", None)
         device_bytes, device_source = (int(gib * GIB), "trainer.gpu_memory_gib") if gib else \
-            (int(DEFAULT_GPU_GIB * GIB), f"default {DEFAULT_GPU_GIB} GiB (an H100 80GB)")
+            (int(DEFAULT_GPU_GIB * GIB), f"the default for an H100 80GB")
     kind = backend(tr.device, te_available)
     attention = _attention(kind)
     w = 4 if meg.dtype == "float32" else 2
@@ -431,8 +431,10 @@ def _export_bytes(cfg, arch, tp: int, pp: int, w: int) -> int:
 
 def _assumptions(cfg, kind, attention, chunk, vllm: _VLLM, on_gpu: bool) -> List[str]:
     arr = cfg.actor_rollout_ref
-    out = [f"model runs with {'Transformer Engine (flash attention, fused Adam)' if kind == 'te' else kind}"
-           f" ({attention} attention)",
+    runs = {"te": "Transformer Engine (flash attention, fused Adam)", "gpu_local": "megatron's local spec on GPU "
+            "(unfused attention, torch foreach Adam)", "cpu": "megatron's local spec on CPU (unfused attention, "
+            "torch Adam)"}
+    out = [f"the model runs with {runs[kind]}",
            "log-prob path: " + (f"chunked, {chunk} tokens per chunk ({ARR}.model.logprob_chunk_size)" if chunk
                                 else "full-vocabulary fp32 logits (no logprob_chunk_size field/value)"),
            "rows are full length (data.max_prompt_length + max_response_length): the worst case"]
