@@ -43,18 +43,28 @@ def _parse(argv):
     return args, overrides
 
 
+def _arch(model, prefix: str):
+    from ttrl_megatron.memory.inputs import read_arch
+
+    try:
+        arch = read_arch(model, foreign=True)
+    except (ValueError, OSError) as exc:  # unknown format, unsupported architecture, unreadable file
+        raise ConfigError(f"{prefix}.path={model.path!r}: {exc}") from exc
+    if arch is None:
+        raise ConfigError(f"{prefix}.path is not set; give the model folder (an HF folder with config.json, or a "
+                          "NeMo-2 / Megatron-Bridge / Megatron-LM / ttrl checkpoint)")
+    return arch
+
+
 def plan_from_args(args, overrides):
     """(config, arch, plan) for the CLI's arguments."""
-    from ttrl_megatron.memory.inputs import device_memory, read_arch, te_available
+    from ttrl_megatron.memory.inputs import device_memory, te_available
     from ttrl_megatron.memory.plan import plan_memory
 
     cfg = compose(overrides, config_name=args.config_name, config_dir=args.config_dir)
     arr = cfg.actor_rollout_ref
-    arch = read_arch(arr.model, foreign=True)
-    if arch is None:
-        raise ConfigError(f"actor_rollout_ref.model.path={arr.model.path!r}: no model config found there (an HF folder "
-                          "with config.json, or a NeMo-2 / Megatron-Bridge / Megatron-LM / ttrl checkpoint)")
-    critic_arch = read_arch(cfg.critic.model, foreign=True) if cfg.critic.enable else None
+    arch = _arch(arr.model, "actor_rollout_ref.model")
+    critic_arch = _arch(cfg.critic.model, "critic.model") if cfg.critic.enable else None
     device_bytes, source = device_memory(cfg.trainer.gpu_memory_gib)
     plan = plan_memory(cfg, arch, world=args.world, device_bytes=device_bytes, device_source=source,
                        te_available=te_available() and not args.no_te, critic_arch=critic_arch)

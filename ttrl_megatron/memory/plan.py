@@ -66,7 +66,7 @@ KNOBS: Dict[str, str] = {
     "update_critic": "lower critic.ppo_micro_batch_size_per_gpu, set critic.model.enable_gradient_checkpointing=True, "
                      f"or raise {ARR}.actor.megatron.tensor/pipeline_model_parallel_size",
     "update_actor": f"lower {ARR}.actor.ppo_micro_batch_size_per_gpu (or ppo_max_token_len_per_gpu), set "
-                    f"{ARR}.model.enable_gradient_checkpointing=True, or raise "
+                    f"{ARR}.model.logprob_chunk_size, {ARR}.model.enable_gradient_checkpointing=True, or raise "
                     f"{ARR}.actor.megatron.tensor/pipeline_model_parallel_size",
     "update_weights": f"lower {ARR}.rollout.sync.bucket_size_mb",
 }

@@ -1,0 +1,34 @@
+"""Shared fixtures: a Qwen2.5-Math-1.5B config.json (the architecture only: the plan needs no weights) and the
+reference run's config (conf/examples/qwen2.5-math-1.5b.yaml) pointed at it."""
+
+import json
+
+import pytest
+
+from tests.unit.megatron.test_arch import QWEN25_MATH_15B
+from ttrl_megatron.config import compose
+
+
+@pytest.fixture(scope="session")
+def qwen_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("qwen2.5-math-1.5b")
+    (path / "config.json").write_text(json.dumps(QWEN25_MATH_15B))
+    return path
+
+
+@pytest.fixture(scope="session")
+def qwen_arch(qwen_dir):
+    from ttrl_megatron.megatron.arch import ModelArchConfig
+
+    return ModelArchConfig.from_hf(qwen_dir)
+
+
+@pytest.fixture
+def reference(qwen_dir):
+    """compose(*overrides) -> the reference config with ``model.path`` = the 1.5B config folder."""
+
+    def make(*overrides):
+        return compose([f"actor_rollout_ref.model.path={qwen_dir}", *overrides],
+                       config_name="examples/qwen2.5-math-1.5b")
+
+    return make
