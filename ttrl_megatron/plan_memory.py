@@ -105,7 +105,7 @@ def format_measurement(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from ttrl_megatron.memory.plan import as_json, format_plan
+    from ttrl_megatron.memory.report import as_json, format_plan
 
     args, overrides = _parse(sys.argv[1:] if argv is None else argv)
     try:

@@ -290,7 +290,8 @@ def _check_memory(cfg: TTRLTrainerConfig, world: int) -> list[str]:
         return []
     from ttrl_megatron.megatron.arch import ArchConfigError
     from ttrl_megatron.memory.inputs import device_memory, read_arch, te_available
-    from ttrl_megatron.memory.plan import plan_memory, refusal
+    from ttrl_megatron.memory.plan import plan_memory
+    from ttrl_megatron.memory.report import refusal
 
     try:
         arch = read_arch(cfg.actor_rollout_ref.model)

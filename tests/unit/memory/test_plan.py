@@ -9,7 +9,8 @@ import dataclasses
 import pytest
 
 from ttrl_megatron.memory import formulas as Fm
-from ttrl_megatron.memory.plan import GIB, as_json, format_plan, plan_memory, refusal
+from ttrl_megatron.memory.plan import GIB, plan_memory
+from ttrl_megatron.memory.report import as_json, format_plan, refusal
 
 P = 1_543_714_304  # Qwen2.5-Math-1.5B parameters (tied, vocab 151936 = 1187 x 128: no padding at TP 1)
 H100 = int(79 * GIB)
