@@ -28,13 +28,16 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from tests.integration.tiny_models import TinySpec, make_tiny_model
-from tests.integration.trainer_fixtures import QUESTIONS, REWARD_FN, read_jsonl
+from tests.integration.trainer_fixtures import REWARD_FN, read_jsonl
 from ttrl_megatron.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_GPU = TinySpec(arch="qwen2", vocab_size=300, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
 STEPS = 3  # first run: steps 1..3, checkpoints at 2 and 3; the resumed run adds step 4
+# Prompts of different lengths: batches are left-padded, so the actor's attention must mask padding as vLLM does.
+QUESTIONS = [("1+2", "3"), ("14+4", "18"), ("2+157", "159"), ("3+3*11", "36")]
+PROBS_DIFF_MAX_MEAN = 0.05  # mean |p_vllm - p_actor| on the rollouts; healthy bf16 is ~0.005 (gpu-bringup §11)
 PLAN_SLACK, PLAN_SLACK_GIB = 1.10, 0.25
 
 
@@ -122,17 +125,19 @@ def plan_for(args: List[str], nproc: int, device: str, run_dir: Path) -> Optiona
         return None
 
 
-def measured_peaks(rows: List[dict]) -> Dict[str, float]:
+def measured_peaks(rows: List[dict], series: str = "peak_gib") -> Dict[str, float]:
+    """Max over steps of ``memory/<series>/<phase>`` per phase."""
     peaks: Dict[str, float] = {}
     for row in rows:
         for key, value in row.items():
-            if key.startswith("memory/peak_gib/"):
+            if key.startswith(f"memory/{series}/"):
                 phase = key.split("/", 2)[2]
                 peaks[phase] = max(peaks.get(phase, 0.0), float(value))
     return peaks
 
 
-def memory_report(case: str, peaks: Dict[str, float], plan: Optional[dict], device: str) -> List[Check]:
+def memory_report(case: str, peaks: Dict[str, float], device_used: Dict[str, float], plan: Optional[dict],
+                  device: str) -> List[Check]:
     """Print measured next to planned per phase; check the plan holds and that vLLM slept during the update."""
     planned = {k: v["peak_gib"] for k, v in (plan or {}).get("phases", {}).items()}
     print(f"  [{case}] peak memory per phase (GiB, max over ranks and steps): measured vs planned")
@@ -150,9 +155,9 @@ def memory_report(case: str, peaks: Dict[str, float], plan: Optional[dict], devi
     checks.append(Check(f"{case}: memory within plan", bool(planned) and not over,
                         "; ".join(over) or ("no plan" if not planned else "every phase at or under its plan")))
     budget = (plan or {}).get("device_gib", 0.0) * 0.3  # overrides(): gpu_memory_utilization=0.3
-    update = peaks.get("update_actor")
-    checks.append(Check(f"{case}: vLLM slept during update_actor", update is not None and update < budget,
-                        f"update_actor peak {update} GiB vs vLLM's share {budget:.1f} GiB"))
+    used = device_used.get("update_actor")
+    checks.append(Check(f"{case}: vLLM slept during update_actor", used is not None and used < budget,
+                        f"device memory in use after update_actor {used} GiB vs vLLM's share {budget:.1f} GiB"))
     return checks
 
 
@@ -190,7 +195,11 @@ def run_case(case: Case, inputs: Dict[str, Path], work: Path, device: str, timeo
     parity = [r["rollout/actor_logprob_diff_max"] for r in rows if "rollout/actor_logprob_diff_max" in r]
     checks.append(Check(f"{case.name}: post-sync parity check ran and passed", bool(parity) and proc.returncode == 0,
                         f"max |dlogp| per push {[round(p, 4) for p in parity]}"))
-    checks += memory_report(case.name, measured_peaks(rows), plan, device)
+    diffs = [r["training/rollout_probs_diff_mean"] for r in rows if "training/rollout_probs_diff_mean" in r]
+    checks.append(Check(f"{case.name}: vLLM and actor agree on the (left-padded) rollouts",
+                        bool(diffs) and max(diffs) <= PROBS_DIFF_MAX_MEAN,
+                        f"training/rollout_probs_diff_mean per step {[round(d, 4) for d in diffs]}"))
+    checks += memory_report(case.name, measured_peaks(rows), measured_peaks(rows, "device_used_gib"), plan, device)
     if case.resume_and_export:
         proc = train(overrides(inputs, run_dir, case, device, STEPS + 1, ("trainer.resume_mode=auto",)), run_dir,
                      case.nproc, device, run_dir / "resume.log", timeout_s)

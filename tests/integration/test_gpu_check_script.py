@@ -20,8 +20,9 @@ def test_gpu_check_dry_run(tmp_path):
     out = proc.stdout
     lines = [line for line in out.splitlines() if line.strip() and not line.startswith("gpu_check:")]
     assert proc.returncode == 0, out[-5000:]
-    assert lines[-1].startswith("GPU CHECK: PASS (6/6)"), out[-3000:]
+    assert lines[-1].startswith("GPU CHECK: PASS (7/7)"), out[-3000:]
     for name in ("training run (3 steps) exits 0", "post-sync parity check ran and passed",
+                 "vLLM and actor agree on the (left-padded) rollouts",
                  "resume from the step-3 checkpoint runs step 4", "HF export loads in transformers",
                  "pytest -m gpu tests/gpu"):
         assert f"[ok  ] 1gpu: {name}" in out or f"[ok  ] {name}" in out, name

@@ -1,6 +1,8 @@
 """Peak memory per phase of a training step, next to its wall time: ``memory/peak_gib/<phase>`` (bytes allocated by
-torch at the phase's peak) and ``memory/peak_reserved_gib/<phase>`` (held by torch's caching allocator), the
-names of memory/plan.py's phases, so a GPU run's metrics sit next to the plan (scripts/gpu_check.sh).
+torch at the phase's peak), ``memory/peak_reserved_gib/<phase>`` (held by torch's caching allocator) and
+``memory/device_used_gib/<phase>`` (the whole device's used memory when the phase ends, as ``nvidia-smi`` counts it:
+CUDA context, NCCL, and vLLM's own allocator included), with the names of memory/plan.py's phases, so a GPU run's
+metrics sit next to the plan (scripts/gpu_check.sh).
 
 ``PhaseMemory(backend)`` is a context manager per phase, like the trainer's ``PhaseTimer`` (which owns one:
 trainer/metrics.py). Phases nest (``step`` holds ``gen`` ...): each phase start folds the backend's running peak
@@ -22,7 +24,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 
 GIB = float(1 << 30)
-SERIES = ("peak_gib", "peak_reserved_gib")
+SERIES = ("peak_gib", "peak_reserved_gib", "device_used_gib")
 
 
 class CudaBackend:
@@ -36,6 +38,10 @@ class CudaBackend:
 
     def reset_peak(self) -> None:
         torch.cuda.reset_peak_memory_stats()
+
+    def device_used(self) -> int:
+        free, total = torch.cuda.mem_get_info()
+        return total - free
 
 
 class CounterBackend:
@@ -53,6 +59,9 @@ class CounterBackend:
     def reset_peak(self) -> None:
         self.counter.reset_peak()
 
+    def device_used(self) -> int:
+        return self.counter.current
+
 
 class PhaseMemory:
     """Per-phase peaks from ``backend`` (``None``: record nothing)."""
@@ -60,7 +69,7 @@ class PhaseMemory:
     def __init__(self, backend=None, reduce_over_ranks: bool = True):
         self.backend = backend
         self.reduce_over_ranks = reduce_over_ranks
-        self.peaks: Dict[str, Tuple[int, int]] = {}
+        self.peaks: Dict[str, Tuple[int, int, int]] = {}
         self._open: List[list] = []  # [phase, (allocated peak, reserved peak)] of the phases entered, outermost first
 
     def _fold(self) -> None:
@@ -81,11 +90,11 @@ class PhaseMemory:
         finally:
             self._fold()
             name, peak = self._open.pop()
-            old = self.peaks.get(name, (0, 0))
-            self.peaks[name] = tuple(max(a, b) for a, b in zip(old, peak))
+            old = self.peaks.get(name, (0, 0, 0))
+            self.peaks[name] = tuple(max(a, b) for a, b in zip(old, (*peak, self.backend.device_used())))
 
     def metrics(self) -> Dict[str, float]:
-        """``memory/peak_gib/<phase>`` and ``memory/peak_reserved_gib/<phase>``, max over ranks ({} when off)."""
+        """``memory/{peak_gib,peak_reserved_gib,device_used_gib}/<phase>``, max over ranks ({} when off)."""
         if self.backend is None or not self.peaks:
             return {}
         names = sorted(self.peaks)
@@ -95,7 +104,7 @@ class PhaseMemory:
         out = {}
         for i, name in enumerate(names):
             for j, series in enumerate(SERIES):
-                out[f"memory/{series}/{name}"] = values[2 * i + j] / GIB
+                out[f"memory/{series}/{name}"] = values[len(SERIES) * i + j] / GIB
         return out
 
 

@@ -29,7 +29,8 @@ def test_nested_phases_and_timer():
     peaks = {k: round(v * GIB) for k, v in timer.metrics().items() if k.startswith("memory/peak_gib/")}
     assert first_gen == 3000
     assert peaks == {"memory/peak_gib/gen": 9440, "memory/peak_gib/update": 9000, "memory/peak_gib/step": 9400}
-    assert {"timing_s/step", "timing_s/gen", "timing_s/update", "memory/peak_reserved_gib/step"} <= set(timer.metrics())
+    assert {"timing_s/step", "timing_s/gen", "timing_s/update", "memory/peak_reserved_gib/step",
+            "memory/device_used_gib/update"} <= set(timer.metrics())
     del keep, big, after, small
 
 
