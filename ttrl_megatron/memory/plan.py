@@ -54,6 +54,7 @@ RESIDENCY: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = (
     ("critic.optimizer", "critic.megatron.optimizer_offload", ("update_critic",)),
 )
 
+
 @dataclasses.dataclass(frozen=True)
 class Term:
     name: str
@@ -69,7 +70,6 @@ class PhasePlan:
     resident: List[Term]
     transient: List[Term]
     step: int = 0  # optimizer-step temporaries (update phases): after backward freed the activations
-
 
     @property
     def resident_bytes(self) -> int:
@@ -190,7 +190,7 @@ def plan_memory(cfg, arch, *, world: Optional[int] = None, device_bytes: Optiona
     if device_bytes is None:
         gib = getattr(tr, "gpu_memory_gib", None)
         device_bytes, device_source = (int(gib * GIB), "trainer.gpu_memory_gib") if gib else \
-            (int(DEFAULT_GPU_GIB * GIB), f"the default for an H100 80GB")
+            (int(DEFAULT_GPU_GIB * GIB), "the default for an H100 80GB")
     kind = backend(tr.device, te_available)
     attention = _attention(kind)
     w = 4 if meg.dtype == "float32" else 2
