@@ -187,7 +187,7 @@ def attention_scratch_bytes(x: Dims, attention: str) -> int:
 
 
 def logprob_path_bytes(x: Dims, *, grad: bool, entropy: bool, entropy_grad: bool = False,
-                       chunk: Optional[int] = None) -> int:
+                       chunk: Optional[int] = None, host_casts: bool = False) -> int:
     """Peak bytes of the output layer + log-prob (+ entropy) computation of one micro-batch on the last stage, above
     the decoder's output. ``grad``: inside a training forward (the loss path); ``entropy``: entropy computed too;
     ``entropy_grad``: with gradient (``entropy_coeff != 0``: its exp and shifted logits stay for backward).
@@ -202,24 +202,32 @@ def logprob_path_bytes(x: Dims, *, grad: bool, entropy: bool, entropy_grad: bool
     when ``entropy_coeff`` is 0 (the same transient); the backward then materializes the fp32 gradient of the whole
     ``[b, s, Vl]`` logits next to the response-slice gradient, then its ``w``-byte cast and contiguous copy.
 
-    ``chunk=C`` (``actor_rollout_ref.model.logprob_chunk_size`` tokens, NeMo-RL's ``ChunkedDistributedLogprob``
-    pattern, gpu-bringup-anchors.md §3): the logits stay in ``w`` bytes (no full fp32 copy) and only response
-    positions go through fp32, one chunk of ``C`` tokens at a time: per chunk a fp32 cast, its shift/exp (and the
-    entropy's product), so the working set is the ``w``-byte logits plus ``k * 4 * C * Vl`` with k = 3 (4 with the
-    entropy); in the update the chunks are recomputed in backward, so the logits' gradient (``w`` bytes) and one
-    chunk's fp32 working set are what backward adds. PROVISIONAL until the chunked engine path lands: the
-    fake-tensor test (tests/unit/memory/test_plan_fake_shapes.py) measures whichever path the engine has.
+    ``chunk=C`` (``actor_rollout_ref.model.logprob_chunk_size`` response tokens per chunk; the compute helper's
+    megatron/logprobs.py ``chunked_logprobs``, NeMo-RL's ChunkedDistributedLogprob pattern, gpu-bringup-anchors.md
+    §3): the output layer never runs over the sequence; the response positions' hidden states ``[n, h]`` (n = b r,
+    a ``w``-byte copy) are multiplied by this rank's ``[Vl, h]`` weight ``C`` positions at a time: the ``w``-byte
+    matmul output and its fp32 cast ``C Vl (w + 4)``, then fp32 column blocks of at most 8192 for the exp and the
+    entropy. With gradients only the inputs and per-position ``lse``/entropy are kept and backward recomputes each
+    chunk: it adds the hidden-state gradient (``n h w``), an fp32 ``[Vl, h]`` weight-gradient accumulator, one
+    chunk's logits (fp32 and ``w``-byte) and a ``w``-byte ``[Vl, h]`` product per chunk (the same size again when the
+    accumulator is returned in the parameter dtype). Nothing of size ``[n, Vl]`` or ``[b, s, Vl]`` exists.
+    ``host_casts`` (the CPU run, and fake tensors): torch casts the ``w``-byte product to fp32 before adding it into
+    the fp32 accumulator in place, one more fp32 ``[Vl, h]``; CUDA casts inside the kernel.
     """
     svl, rvl = x.s * x.b * x.Vl, x.r * x.b * x.Vl
     w = x.w
     pad = 1 if x.pad_on_rank else 0
     if chunk is not None:
-        c = min(chunk, x.r * x.b) * x.Vl
-        k = 4 if entropy else 3
-        fwd = 2 * w * svl + k * FP32 * c  # logits + their contiguous copy, then one chunk's fp32 working set
+        c = min(chunk, x.r * x.b)
+        nh = x.r * x.b * x.h * w
+        blocks = FP32 * c * min(8192, x.Vl)
+        fwd = nh + c * x.Vl * (w + FP32) + blocks
         if not grad:
             return fwd
-        return max(fwd, 3 * w * svl + k * FP32 * c)  # backward: the logits' gradient + a chunk's rework
+        weight = x.Vl * x.h
+        cast = FP32 * weight if (host_casts and w != FP32) else 0
+        bwd = 2 * nh + FP32 * weight + c * x.Vl * (w + FP32) + w * weight + cast + blocks
+        return max(fwd, bwd)
     cast = (w + FP32) * svl  # one w-byte copy of the logits + the fp32 output of Float16Module
     # fp32 logits + the scaled slice; then, one after the other, the slice's masked copy (padded rows: the unmasked
     # one is freed after) or the entropy's four: a scaled copy, shifted, exp, exp * shifted

@@ -167,6 +167,20 @@ def _to_dtype_in_place(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.
     return module
 
 
+def _skip_loading(*args, **kwargs) -> None:
+    """Fake parameters hold no values: weight loading is skipped."""
+
+
+# (module, attribute, stand-in): "real" = run the function on real tensors (its data-dependent host checks).
+_OPTIONAL_STAND_INS = (
+    ("ttrl_megatron.megatron.model", "_mask_vocab_padding", "real"),
+    ("ttrl_megatron.megatron.model", "_install_output_modes", "real"),
+    ("ttrl_megatron.megatron.hf_io", "load_hf_weights", _skip_loading),
+    ("ttrl_megatron.megatron.critic", "load_critic_weights", _skip_loading),
+    ("ttrl_megatron.megatron.build", "load_critic_weights", _skip_loading),
+)
+
+
 class _FakeBuild:
     """Context: the trainer's builders build models, DDP buffers and optimizers under ``fake_mode``."""
 
@@ -175,22 +189,24 @@ class _FakeBuild:
         self.stack = contextlib.ExitStack()
 
     def __enter__(self):
+        import importlib
+
         from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-        from ttrl_megatron.megatron import critic as critic_mod
-        from ttrl_megatron.megatron import hf_io
         from ttrl_megatron.megatron import model as model_mod
 
-        real_build, real_mask = model_mod.build_gpt_model, model_mod._mask_vocab_padding
+        real_build = model_mod.build_gpt_model
         fake_mode = self.fake_mode
 
         def build(arch, *args, **kwargs):
             with fake_mode:
                 return real_build(arch, *args, **kwargs)
 
-        def mask(output_layer, arch, tp):  # data-dependent (``pad.any()``): computed on real tensors
-            with unset_fake_temporarily():
-                return real_mask(output_layer, arch, tp)
+        def on_real_tensors(fn):  # the padded-vocabulary mask is data-dependent (``pad.any()``)
+            def wrapped(*args, **kwargs):
+                with unset_fake_temporarily():
+                    return fn(*args, **kwargs)
+            return wrapped
 
         def as_module_dtype(module):
             dtype = next(p.dtype for p in module.parameters() if p.dtype in (torch.bfloat16, torch.float16))
@@ -198,11 +214,17 @@ class _FakeBuild:
 
         s = self.stack
         s.enter_context(_patched(model_mod, "build_gpt_model", build))
-        s.enter_context(_patched(model_mod, "_mask_vocab_padding", mask))
-        s.enter_context(_patched(hf_io, "load_hf_weights", lambda *a, **k: None))
-        s.enter_context(_patched(critic_mod, "load_critic_weights", lambda *a, **k: None))
         s.enter_context(_patched(torch.nn.Module, "bfloat16", as_module_dtype))
         s.enter_context(_patched(torch.nn.Module, "half", as_module_dtype))
+        # internals that moved between engine versions: patched where this checkout has them
+        for module, name, replacement in _OPTIONAL_STAND_INS:
+            try:
+                mod = importlib.import_module(module)
+            except ModuleNotFoundError:
+                continue
+            if hasattr(mod, name):
+                value = on_real_tensors(getattr(mod, name)) if replacement == "real" else replacement
+                s.enter_context(_patched(mod, name, value))
         return self
 
     def __exit__(self, *exc):
@@ -311,15 +333,24 @@ def measure_engine(cfg, arch, *, fake: bool, rows: Optional[int] = None, seed: i
 
 
 def measurable_config(cfg):
-    """A copy of ``cfg`` the fake measurement can build: device=cpu (megatron's local spec) and the GPU-only
-    offloads off (an offload moves state between phases; the plan's residency accounts for it, the measurement
-    reports each phase with its model on the device)."""
+    """A copy of ``cfg`` the fake measurement can build: device=cpu (megatron's local spec), the GPU-only offloads
+    off (an offload moves state between phases; the plan's residency accounts for it, the measurement reports each
+    phase with its model on the device), DP communication overlap off and rows padded rather than packed."""
     import copy
 
     cfg = copy.deepcopy(cfg)
     cfg.trainer.device = "cpu"
     for meg in (cfg.actor_rollout_ref.actor.megatron, cfg.actor_rollout_ref.ref.megatron, cfg.critic.megatron):
         meg.param_offload = meg.optimizer_offload = meg.grad_offload = False
+        # overlapped DP grad reduce / param gather work in place on the grad and param buffers (no memory of their
+        # own) through coalesced collectives that fake tensors cannot take: off, where this checkout has them
+        ddp = getattr(meg, "override_ddp_config", None)
+        for name in ("overlap_grad_reduce", "overlap_param_gather"):
+            if hasattr(ddp, name):
+                setattr(ddp, name, False)
+    # packed (THD) micro-batches read their sequence boundaries on the host (data-dependent under fake tensors);
+    # the measured rows are all full length, so the padded layout holds the same tokens
+    cfg.actor_rollout_ref.model.use_remove_padding = cfg.critic.model.use_remove_padding = False
     return cfg
 
 

@@ -346,12 +346,18 @@ def _stage_phases(cfg, arch, critic_arch, state, batches, tp, pp, dp, stage, w, 
         # the peak is one of these moments (measured): the end of a forward (the last layer's working set, or on the
         # last stage the loss path), the first layer of a backward, or the end of a backward, when the first
         # micro-batch's activations are gone and the stage's largest weight (the embedding) gets its w-byte gradient
-        extra = {"end of forward": Fm.forward_end_bytes(x, attention, recompute),
+        # a tied output weight at PP = 1 is also the embedding: autograd holds the head's w-byte weight gradient
+        # until the embedding's own backward adds to it, i.e. through the whole decoder backward (and the
+        # recomputed forwards inside it)
+        held = x.Vl * x.h * x.w if (last and logprobs and pp == 1 and a.tie_word_embeddings) else 0
+        extra = {"end of forward" + (" (recomputed in backward)" if held and recompute else ""):
+                 Fm.forward_end_bytes(x, attention, recompute) + (held if recompute else 0),
                  "backward of a layer": Fm.backward_start_bytes(x, attention, recompute,
-                                                                Fm.layer_largest_weight(a, tp))}
+                                                                Fm.layer_largest_weight(a, tp)) + held}
         if last and logprobs:
             extra["loss path (output layer + log-probs + entropy)"] = Fm.logprob_path_bytes(
-                x, grad=True, entropy=True, entropy_grad=arr.actor.entropy_coeff != 0, chunk=chunk)
+                x, grad=True, entropy=True, entropy_grad=arr.actor.entropy_coeff != 0, chunk=chunk,
+                host_casts=kind == "cpu")
         name = max(extra, key=extra.get)
         end_of_backward = (in_flight - 1) * stored + sp.largest * x.w
         inputs = Term("micro-batch inputs", in_flight * Fm.batch_input_bytes(x))
