@@ -30,7 +30,11 @@ def _overrides(model: Path, case: str) -> list:
             "data.train_batch_size=4", "data.max_prompt_length=64", "data.max_response_length=192",
             "actor_rollout_ref.rollout.n=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
             "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "actor_rollout_ref.actor.use_kl_loss=true",
-            "algorithm.adv_estimator=gae", "critic.ppo_micro_batch_size_per_gpu=2", *CASES[case]]
+            "algorithm.adv_estimator=gae", "critic.ppo_micro_batch_size_per_gpu=2",
+            # fixed-size, padded micro-batches (rows of equal length; the engine's packed/dynamic modes hold the
+            # same tokens on GPU, but on CPU packing changes the attention's working set)
+            "actor_rollout_ref.actor.use_dynamic_bsz=false", "actor_rollout_ref.model.use_remove_padding=false",
+            "critic.model.use_remove_padding=false", *CASES[case]]
 
 
 def _measure_cases(model: str) -> dict:

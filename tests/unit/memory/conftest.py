@@ -25,10 +25,16 @@ def qwen_arch(qwen_dir):
 
 @pytest.fixture
 def reference(qwen_dir):
-    """compose(*overrides) -> the reference config with ``model.path`` = the 1.5B config folder."""
+    """compose(*overrides, chunk=None) -> the reference config with ``model.path`` = the 1.5B config folder.
 
-    def make(*overrides):
-        return compose([f"actor_rollout_ref.model.path={qwen_dir}", *overrides],
-                       config_name="examples/qwen2.5-math-1.5b")
+    ``chunk`` pins the log-prob path the plan models (``actor_rollout_ref.model.logprob_chunk_size``): None = the
+    full-logits path, an int = the chunked one, whether or not this checkout's ModelConfig has the field (the
+    compute helper adds it with a default), so these arithmetic tests mean the same on both sides of that merge."""
+
+    def make(*overrides, chunk=None):
+        cfg = compose([f"actor_rollout_ref.model.path={qwen_dir}", *overrides],
+                      config_name="examples/qwen2.5-math-1.5b")
+        cfg.actor_rollout_ref.model.logprob_chunk_size = chunk
+        return cfg
 
     return make

@@ -84,16 +84,20 @@ def test_pipeline_stages_and_micro_batches_in_flight(reference, qwen_arch):
     assert acts and "2 micro-batch" in acts[0]  # 1F1B: stage 0 of 2 holds two micro-batches
 
 
-def test_chunked_log_prob_path_when_the_field_exists(reference, qwen_arch):
-    cfg = reference()
-    today = plan_memory(cfg, qwen_arch, device_bytes=H100)
-    cfg.actor_rollout_ref.model.logprob_chunk_size = 1024  # the contract field of the compute helper
-    chunked = plan_memory(cfg, qwen_arch, device_bytes=H100)
-    assert any("chunked, 1024 tokens" in a for a in chunked.assumptions)
-    assert chunked.phases["update_actor"].total < today.phases["update_actor"].total - 10 * GIB
+def test_chunked_log_prob_path_when_the_field_is_set(reference, qwen_arch):
+    today = plan_memory(reference(), qwen_arch, device_bytes=H100)
+    chunked = plan_memory(reference(chunk=512), qwen_arch, device_bytes=H100)  # compute's field and default
+    assert any("chunked, 512 tokens" in a for a in chunked.assumptions)
+    assert chunked.phases["update_actor"].total < today.phases["update_actor"].total - 15 * GIB
     x = Fm.Dims.of(qwen_arch, 1, 2, 4096, 3072, 2, 0)
-    assert Fm.logprob_path_bytes(x, grad=False, entropy=False, chunk=1024) < \
-        Fm.logprob_path_bytes(x, grad=False, entropy=False, chunk=None)
+    v, h, n = 151936, 1536, 2 * 3072
+    # forward: the response hidden states + one chunk's bf16 logits and fp32 cast + an fp32 column block
+    assert Fm.logprob_path_bytes(x, grad=False, entropy=False, chunk=512) == n * h * 2 + 512 * v * 6 + 4 * 512 * 8192
+    # backward: + hidden gradient, fp32 [V, h] accumulator, a bf16 [V, h] product (and its fp32 cast on a CPU)
+    grad = Fm.logprob_path_bytes(x, grad=True, entropy=True, chunk=512)
+    assert grad == 2 * n * h * 2 + 4 * v * h + 512 * v * 6 + 2 * v * h + 4 * 512 * 8192
+    assert Fm.logprob_path_bytes(x, grad=True, entropy=True, chunk=512, host_casts=True) == grad + 4 * v * h
+    assert grad < Fm.logprob_path_bytes(x, grad=True, entropy=True, chunk=None) / 8
 
 
 def test_refusal_names_the_phase_and_the_knob(reference, qwen_arch):

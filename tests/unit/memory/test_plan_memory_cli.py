@@ -17,9 +17,9 @@ def test_table_for_the_reference_run(qwen_dir, capsys):
 
 
 def test_json_and_not_fitting(qwen_dir, capsys):
-    assert main(REF + ["--json", f"actor_rollout_ref.model.path={qwen_dir}", "trainer.gpu_memory_gib=30"]) == 1
+    assert main(REF + ["--json", f"actor_rollout_ref.model.path={qwen_dir}", "trainer.gpu_memory_gib=12"]) == 1
     data = json.loads(capsys.readouterr().out)
-    assert data["fits"] is False and data["device_gib"] == 30 and "update_actor" in data["phases"]
+    assert data["fits"] is False and data["device_gib"] == 12 and "update_actor" in data["phases"]
 
 
 def test_config_errors_exit_2(qwen_dir, tmp_path, capsys):
