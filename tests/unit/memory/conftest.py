@@ -23,18 +23,23 @@ def qwen_arch(qwen_dir):
     return ModelArchConfig.from_hf(qwen_dir)
 
 
+KEEP = object()
+
+
 @pytest.fixture
 def reference(qwen_dir):
-    """compose(*overrides, chunk=None) -> the reference config with ``model.path`` = the 1.5B config folder.
+    """compose(*overrides, chunk=KEEP) -> the reference config with ``model.path`` = the 1.5B config folder.
 
     ``chunk`` pins the log-prob path the plan models (``actor_rollout_ref.model.logprob_chunk_size``): None = the
     full-logits path, an int = the chunked one, whether or not this checkout's ModelConfig has the field (the
-    compute helper adds it with a default), so these arithmetic tests mean the same on both sides of that merge."""
+    compute helper adds it with a default), so the arithmetic tests mean the same on both sides of that merge.
+    KEEP leaves the composed value (what validate() checks)."""
 
-    def make(*overrides, chunk=None):
+    def make(*overrides, chunk=KEEP):
         cfg = compose([f"actor_rollout_ref.model.path={qwen_dir}", *overrides],
                       config_name="examples/qwen2.5-math-1.5b")
-        cfg.actor_rollout_ref.model.logprob_chunk_size = chunk
+        if chunk is not KEEP:
+            cfg.actor_rollout_ref.model.logprob_chunk_size = chunk
         return cfg
 
     return make

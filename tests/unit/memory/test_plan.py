@@ -26,7 +26,7 @@ def test_parameter_counts(qwen_arch):
 
 
 def test_reference_state_and_phases(reference, qwen_arch):
-    plan = plan_memory(reference(), qwen_arch, device_bytes=H100, device_source="test")
+    plan = plan_memory(reference(chunk=None), qwen_arch, device_bytes=H100, device_source="test")
     assert plan.layout == {"tp": 1, "pp": 1, "dp": 8, "world": 8}
     assert plan.state == {"actor.params": 2 * P, "actor.grads": 4 * P, "actor.optimizer": 12 * P // 8,
                           "ref.params": 2 * P}  # bf16 weights, fp32 grads, fp32 main + Adam moments over DP 8
@@ -62,19 +62,20 @@ def test_offload_and_sleep_choices_move_state(reference, qwen_arch):
 
 
 def test_recompute_and_micro_batch_change_the_update(reference, qwen_arch):
-    base = plan_memory(reference(), qwen_arch, device_bytes=H100).phases["update_actor"]
-    no_rc = plan_memory(reference("actor_rollout_ref.model.enable_gradient_checkpointing=false"), qwen_arch,
-                        device_bytes=H100).phases["update_actor"]
+    fixed = "actor_rollout_ref.actor.use_dynamic_bsz=false"  # rows per micro-batch, not a token budget
+    base = plan_memory(reference(fixed, chunk=None), qwen_arch, device_bytes=H100).phases["update_actor"]
+    no_rc = plan_memory(reference(fixed, "actor_rollout_ref.model.enable_gradient_checkpointing=false", chunk=None),
+                        qwen_arch, device_bytes=H100).phases["update_actor"]
     assert no_rc.transient_bytes > base.transient_bytes + 5 * GIB  # 28 layers of flash-attention activations
-    smaller = plan_memory(reference("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1"), qwen_arch,
-                          device_bytes=H100).phases["update_actor"]
+    smaller = plan_memory(reference(fixed, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1", chunk=None),
+                          qwen_arch, device_bytes=H100).phases["update_actor"]
     assert smaller.transient_bytes < 0.6 * base.transient_bytes
 
 
 def test_pipeline_stages_and_micro_batches_in_flight(reference, qwen_arch):
     plan = plan_memory(reference("actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2",
-                                 "actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2"), qwen_arch,
-                       device_bytes=H100)
+                                 "actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2", chunk=None),
+                       qwen_arch, device_bytes=H100)
     first, last = plan.stages[0], plan.stages[1]
     assert plan.layout["dp"] == 2
     assert any("log-prob path" in t.name for t in last["old_log_prob"].transient)
@@ -85,7 +86,7 @@ def test_pipeline_stages_and_micro_batches_in_flight(reference, qwen_arch):
 
 
 def test_chunked_log_prob_path_when_the_field_is_set(reference, qwen_arch):
-    today = plan_memory(reference(), qwen_arch, device_bytes=H100)
+    today = plan_memory(reference(chunk=None), qwen_arch, device_bytes=H100)
     chunked = plan_memory(reference(chunk=512), qwen_arch, device_bytes=H100)  # compute's field and default
     assert any("chunked, 512 tokens" in a for a in chunked.assumptions)
     assert chunked.phases["update_actor"].total < today.phases["update_actor"].total - 15 * GIB
@@ -107,7 +108,8 @@ def test_refusal_names_the_phase_and_the_knob(reference, qwen_arch):
     gen = [line for line in lines if "phase gen " in line]
     assert not greedy.fits and gen and "actor_rollout_ref.rollout.gpu_memory_utilization" in gen[0]
     assert all("trainer.memory_check=False" in line for line in lines)
-    small = plan_memory(reference(), qwen_arch, device_bytes=int(30 * GIB), device_source="trainer.gpu_memory_gib")
+    small = plan_memory(reference(chunk=None), qwen_arch, device_bytes=int(30 * GIB),
+                        device_source="trainer.gpu_memory_gib")
     update = [line for line in refusal(small) if "phase update_actor" in line]
     assert update and "ppo_micro_batch_size_per_gpu" in update[0] and "logprob_chunk_size" in update[0]
     assert "30.0 GiB from trainer.gpu_memory_gib" in update[0]
