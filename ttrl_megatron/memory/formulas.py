@@ -220,13 +220,17 @@ def logprob_path_bytes(x: Dims, *, grad: bool, entropy: bool, entropy_grad: bool
     if chunk is not None:
         c = min(chunk, x.r * x.b)
         nh = x.r * x.b * x.h * w
-        blocks = FP32 * c * min(8192, x.Vl)
-        fwd = nh + c * x.Vl * (w + FP32) + blocks
+        weight = x.Vl * x.h
+        low = w if w != FP32 else 0  # a half-precision model's matmul outputs besides their fp32 copies
+        logits = c * x.Vl * (FP32 + low)  # one chunk's fp32 logits (+ the w-byte matmul output they come from)
+        blocks = FP32 * c * min(8192, x.Vl)  # an exp column block (forward; backward only with entropy_grad)
+        fwd = nh + max(logits, FP32 * c * x.Vl + blocks)  # the w-byte output is freed before the blocks
         if not grad:
             return fwd
-        weight = x.Vl * x.h
-        cast = FP32 * weight if (host_casts and w != FP32) else 0
-        bwd = 2 * nh + FP32 * weight + c * x.Vl * (w + FP32) + w * weight + cast + blocks
+        host = FP32 * weight if (host_casts and low) else 0
+        # the chunk's logits, or its w-byte gradient next to the w-byte [Vl, h] product (fp32 model: addmm_ in place)
+        work = max(logits, c * x.Vl * low + low * weight + host)
+        bwd = 2 * nh + FP32 * weight + work + (blocks if entropy and entropy_grad else 0)
         return max(fwd, bwd)
     cast = (w + FP32) * svl  # one w-byte copy of the logits + the fp32 output of Float16Module
     # fp32 logits + the scaled slice; then, one after the other, the slice's masked copy (padded rows: the unmasked
