@@ -228,8 +228,9 @@ def logprob_path_bytes(x: Dims, *, grad: bool, entropy: bool, entropy_grad: bool
         if not grad:
             return fwd
         host = FP32 * weight if (host_casts and low) else 0
-        # the chunk's logits, or its w-byte gradient next to the w-byte [Vl, h] product (fp32 model: addmm_ in place)
-        work = max(logits, c * x.Vl * low + low * weight + host)
+        # the chunk's fp32 logits (still referenced by the loop's column-block view) and their w-byte gradient next to
+        # the w-byte [Vl, h] product (an fp32 model adds with addmm_ in place)
+        work = logits + low * weight + host
         bwd = 2 * nh + FP32 * weight + work + (blocks if entropy and entropy_grad else 0)
         return max(fwd, bwd)
     cast = (w + FP32) * svl  # one w-byte copy of the logits + the fp32 output of Float16Module

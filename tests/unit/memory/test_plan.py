@@ -96,10 +96,10 @@ def test_chunked_log_prob_path_when_the_field_is_set(reference, qwen_arch):
     # an fp32 exp column block
     assert Fm.logprob_path_bytes(x, grad=False, entropy=False, chunk=512) == \
         n * h * 2 + max(512 * v * 6, 512 * v * 4 + 4 * 512 * 8192)
-    # backward: + hidden gradient, the fp32 [V, h] accumulator, then the chunk's bf16 logit gradient next to a bf16
-    # [V, h] product (and that product's fp32 cast on a CPU)
+    # backward: + hidden gradient, the fp32 [V, h] accumulator, the chunk's fp32 logits and bf16 gradient next to a
+    # bf16 [V, h] product (and that product's fp32 cast on a CPU)
     grad = Fm.logprob_path_bytes(x, grad=True, entropy=True, chunk=512)
-    assert grad == 2 * n * h * 2 + 4 * v * h + 512 * v * 2 + 2 * v * h
+    assert grad == 2 * n * h * 2 + 4 * v * h + 512 * v * 6 + 2 * v * h
     assert Fm.logprob_path_bytes(x, grad=True, entropy=True, chunk=512, host_casts=True) == grad + 4 * v * h
     assert grad < Fm.logprob_path_bytes(x, grad=True, entropy=True, chunk=None) / 8
 
