@@ -13,7 +13,8 @@ Phases (the trainer's ``timing_s/*`` names, so the plan sits next to ``memory/pe
 ``update_actor``    actor forward + backward (activations, with/without recompute, of the micro-batches a
                     pipeline stage holds) + optimizer step
 ``update_weights``  vLLM's weights awake + the trainer's state + one export bucket and the transient of
-                    producing the largest tensor (TP gather / PP broadcast)
+                    producing the largest tensor (TP gather / PP broadcast); the phase ends with vLLM's KV
+                    cache woken, so it is at least the generation state
 ==================  =================================================================================
 
 Residency: which state each phase finds on the GPU follows the offload/sleep choices of the config, one row per
@@ -42,18 +43,20 @@ NON_TORCH_GIB = 1.5  # CUDA context, NCCL buffers, cuBLAS workspaces: outside to
 PHASES = ("init", "gen", "old_log_prob", "ref", "values", "update_critic", "update_actor", "update_weights")
 ARR = "actor_rollout_ref"
 
-# (state item, config field that offloads it, phases in which it is on the GPU when that field is True).
-# Without the field (or with it False) the item is on the GPU in every phase. One row per offload choice.
+# (state item, config field that offloads it, phases in which it is OFF the GPU when that field is True), as the
+# colocated step moves it (rollout/colocate.py; HELPERS contract: "offload the reference model and (optionally) actor
+# grads/optimizer around generation"): trained roles' grads and optimizer state leave before the weight push and come
+# back after generation, their parameters leave after the push; the frozen reference is on the GPU only for its own
+# forward. Without the field (or with it False) the item is on the GPU in every phase. One row per offload choice.
 RESIDENCY: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = (
-    ("actor.params", f"{ARR}.actor.megatron.param_offload", ("old_log_prob", "update_actor", "update_weights")),
-    ("actor.grads", f"{ARR}.actor.megatron.grad_offload", ("update_actor",)),
-    ("actor.optimizer", f"{ARR}.actor.megatron.optimizer_offload", ("update_actor",)),
-    ("ref.params", f"{ARR}.ref.megatron.param_offload", ("ref",)),
-    ("critic.params", "critic.megatron.param_offload", ("values", "update_critic")),
-    ("critic.grads", "critic.megatron.grad_offload", ("update_critic",)),
-    ("critic.optimizer", "critic.megatron.optimizer_offload", ("update_critic",)),
+    ("actor.params", f"{ARR}.actor.megatron.param_offload", ("gen",)),
+    ("actor.grads", f"{ARR}.actor.megatron.grad_offload", ("gen", "update_weights")),
+    ("actor.optimizer", f"{ARR}.actor.megatron.optimizer_offload", ("gen", "update_weights")),
+    ("ref.params", f"{ARR}.ref.megatron.param_offload", tuple(p for p in PHASES if p != "ref")),
+    ("critic.params", "critic.megatron.param_offload", ("gen",)),
+    ("critic.grads", "critic.megatron.grad_offload", ("gen", "update_weights")),
+    ("critic.optimizer", "critic.megatron.optimizer_offload", ("gen", "update_weights")),
 )
-
 
 @dataclasses.dataclass(frozen=True)
 class Term:
@@ -267,9 +270,8 @@ def _state_items(cfg, arch, critic_arch, tp, pp, stage, dp, w, has_ref, has_crit
 
 
 def _resident(cfg, state: Dict[str, int], phase: str) -> List[Term]:
-    offloaded = {item: phases for item, field, phases in RESIDENCY if _field_set(cfg, field)}
-    return [Term(item, nbytes) for item, nbytes in state.items()
-            if item not in offloaded or phase in offloaded[item]]
+    off = {item: phases for item, field, phases in RESIDENCY if _field_set(cfg, field)}
+    return [Term(item, nbytes) for item, nbytes in state.items() if phase not in off.get(item, ())]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,9 +388,11 @@ def _stage_phases(cfg, arch, critic_arch, state, batches, tp, pp, dp, stage, w, 
                                             a=critic_arch, value_head=True)
     out["update_actor"] = update_phase("update_actor", arr.actor.megatron, arr.model.enable_gradient_checkpointing,
                                        logprobs=True)
-    out["update_weights"] = PhasePlan("update_weights", stage, resident("update_weights"),
-                                      [Term("export bucket + largest tensor in flight",
-                                            _export_bytes(cfg, arch, tp, pp, w))])
+    push = PhasePlan("update_weights", stage, resident("update_weights"),
+                     [Term("export bucket + largest tensor in flight", _export_bytes(cfg, arch, tp, pp, w))])
+    # the phase ends with vLLM's KV cache woken (rollout/colocate.py refit): the generation state, if that is larger
+    woken = PhasePlan("update_weights", stage, resident("gen"), [Term("(ends with vLLM's KV cache woken)", 0)])
+    out["update_weights"] = push if (push.total >= woken.total or not vllm.sleeps) else woken
     return out
 
 

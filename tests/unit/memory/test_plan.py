@@ -47,12 +47,25 @@ def test_offload_and_sleep_choices_move_state(reference, qwen_arch):
     def resident(plan, phase):
         return {t.name for t in plan.phases[phase].resident}
 
-    on = plan_memory(reference("actor_rollout_ref.ref.fsdp_config.param_offload=false",
-                               "actor_rollout_ref.actor.megatron.grad_offload=true",
-                               "actor_rollout_ref.actor.megatron.optimizer_offload=true"), qwen_arch, device_bytes=H100)
-    assert "ref.params" in resident(on, "gen") and "ref.params" in resident(on, "update_actor")
-    assert "actor.grads" not in resident(on, "gen") | resident(on, "old_log_prob")
-    assert {"actor.grads", "actor.optimizer"} <= resident(on, "update_actor")
+    off = plan_memory(reference("actor_rollout_ref.ref.fsdp_config.param_offload=false",
+                                "actor_rollout_ref.actor.megatron.grad_offload=true",
+                                "actor_rollout_ref.actor.megatron.optimizer_offload=true",
+                                "actor_rollout_ref.actor.megatron.param_offload=true"), qwen_arch, device_bytes=H100)
+    assert "ref.params" in resident(off, "gen") and "ref.params" in resident(off, "update_actor")
+    # around generation (rollout/colocate.py): grads and optimizer leave before the push, params after it
+    assert not {"actor.grads", "actor.optimizer", "actor.params"} & resident(off, "gen")
+    assert resident(off, "update_weights") == resident(off, "gen")  # the phase ends with vLLM's KV cache woken
+    pushing = plan_memory(reference("actor_rollout_ref.actor.megatron.grad_offload=true",
+                                    "actor_rollout_ref.actor.megatron.optimizer_offload=true",
+                                    "actor_rollout_ref.actor.megatron.param_offload=true",
+                                    "actor_rollout_ref.rollout.free_cache_engine=false"), qwen_arch, device_bytes=H100)
+    assert "actor.params" in resident(pushing, "update_weights")  # the push reads them
+    assert not {"actor.grads", "actor.optimizer"} & resident(pushing, "update_weights")
+    assert {"actor.grads", "actor.optimizer", "actor.params"} <= resident(off, "old_log_prob") & \
+        resident(off, "update_actor")
+    base = plan_memory(reference("actor_rollout_ref.ref.fsdp_config.param_offload=false"), qwen_arch,
+                       device_bytes=H100)
+    assert base.phases["gen"].total - off.phases["gen"].total == (2 + 4) * P + 12 * P // 8
     awake = plan_memory(reference("actor_rollout_ref.rollout.free_cache_engine=false"), qwen_arch, device_bytes=H100)
     sleeping = plan_memory(reference(), qwen_arch, device_bytes=H100)
     gap = awake.phases["update_actor"].total - sleeping.phases["update_actor"].total
