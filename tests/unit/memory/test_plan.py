@@ -26,7 +26,8 @@ def test_parameter_counts(qwen_arch):
 
 
 def test_reference_state_and_phases(reference, qwen_arch):
-    plan = plan_memory(reference(chunk=None), qwen_arch, device_bytes=H100, device_source="test")
+    eager = "actor_rollout_ref.rollout.enforce_eager=true"  # no CUDA graphs (the rollout helper's GPU default has them)
+    plan = plan_memory(reference(eager, chunk=None), qwen_arch, device_bytes=H100, device_source="test")
     assert plan.layout == {"tp": 1, "pp": 1, "dp": 8, "world": 8}
     assert plan.state == {"actor.params": 2 * P, "actor.grads": 4 * P, "actor.optimizer": 12 * P // 8,
                           "ref.params": 2 * P}  # bf16 weights, fp32 grads, fp32 main + Adam moments over DP 8
@@ -35,7 +36,7 @@ def test_reference_state_and_phases(reference, qwen_arch):
     assert plan.phases["gen"].total == trainer + vllm  # the reference model is offloaded (ref param_offload)
     names = {p: {t.name for t in plan.phases[p].resident} for p in plan.phases}
     assert "ref.params" in names["ref"] and "ref.params" not in names["old_log_prob"] | names["gen"]
-    assert not any(n.startswith("vllm") for n in names["update_actor"])  # vLLM sleeps, enforce_eager: no graphs
+    assert not any(n.startswith("vllm") for n in names["update_actor"])  # vLLM sleeps; eager: no graphs kept
     # today's loss path at micro-batch 2 x 4096 tokens (3072 response): fp32 logits + the scaled slice + entropy's 4
     svl, rvl = 4096 * 2 * 151936, 3072 * 2 * 151936
     loss = [t for t in plan.phases["update_actor"].transient if t.name.startswith("loss path")]
@@ -66,8 +67,10 @@ def test_offload_and_sleep_choices_move_state(reference, qwen_arch):
     base = plan_memory(reference("actor_rollout_ref.ref.fsdp_config.param_offload=false"), qwen_arch,
                        device_bytes=H100)
     assert base.phases["gen"].total - off.phases["gen"].total == (2 + 4) * P + 12 * P // 8
-    awake = plan_memory(reference("actor_rollout_ref.rollout.free_cache_engine=false"), qwen_arch, device_bytes=H100)
-    sleeping = plan_memory(reference(), qwen_arch, device_bytes=H100)
+    eager = "actor_rollout_ref.rollout.enforce_eager=true"
+    awake = plan_memory(reference(eager, "actor_rollout_ref.rollout.free_cache_engine=false"), qwen_arch,
+                        device_bytes=H100)
+    sleeping = plan_memory(reference(eager), qwen_arch, device_bytes=H100)
     gap = awake.phases["update_actor"].total - sleeping.phases["update_actor"].total
     assert gap == int(0.5 * H100)  # vLLM's whole share stays during the update
     graphs = plan_memory(reference("actor_rollout_ref.rollout.enforce_eager=false"), qwen_arch, device_bytes=H100)
