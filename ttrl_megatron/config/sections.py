@@ -189,6 +189,8 @@ class TrainerConfig:
     # signals (names) that make every rank stop after the current step, checkpoint and exit 75; [] = none
     preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    memory_check: bool = True  # device=cuda: validate() refuses a config whose memory plan does not fit the GPU; False = run anyway
+    gpu_memory_gib: Optional[float] = None  # GPU size the memory plan checks; null = this GPU's total memory, else 79 (H100 80GB)
 
 
 @dataclass(kw_only=True)

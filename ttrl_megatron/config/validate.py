@@ -36,6 +36,8 @@ def validate(cfg: TTRLTrainerConfig, world_size: int | None = None, *, check_pat
     problems += _check_reliability(cfg)
     if check_paths:
         problems += _check_paths(cfg)
+    if not problems:
+        problems += _check_memory(cfg, world)
     if problems:
         raise ConfigError(problems)
 
@@ -400,6 +402,40 @@ def _check_reliability(cfg: TTRLTrainerConfig) -> list[str]:
                      f"{tr.collective_timeout_s}: ranks waiting in a collective would time out before the watchdog "
                      f"reports where the run hangs; lower the budget or raise the timeout")
     return p
+
+
+def _check_memory(cfg: TTRLTrainerConfig, world: int) -> list[str]:
+    """device=cuda: the memory plan (ttrl_megatron/memory/plan.py) of every phase must fit the GPU
+    (trainer.gpu_memory_gib, else this GPU, else an H100 80GB); each phase over names itself and the knob to turn.
+    trainer.memory_check=False turns the refusal into a warning. CPU runs are not planned against host memory (the
+    CPU path is for tiny models and shares the host with vLLM's KV cache and the OS). Models without a config.json
+    at model.path (foreign checkpoints) are planned by ``python -m ttrl_megatron.plan_memory`` only."""
+    if cfg.trainer.device != "cuda":
+        return []
+    from ttrl_megatron.megatron.arch import ArchConfigError
+    from ttrl_megatron.memory.inputs import device_memory, read_arch, te_available
+    from ttrl_megatron.memory.plan import plan_memory
+    from ttrl_megatron.memory.report import refusal
+
+    try:
+        arch = read_arch(cfg.actor_rollout_ref.model)
+        critic_arch = read_arch(cfg.critic.model) if N.need_critic(cfg) else None
+    except (ArchConfigError, OSError, ValueError):
+        return []  # the model builders report an unreadable architecture with their own error
+    if arch is None:
+        return []
+    device_bytes, source = device_memory(cfg.trainer.gpu_memory_gib)
+    plan = plan_memory(cfg, arch, world=world, device_bytes=device_bytes, device_source=source,
+                       te_available=te_available(), critic_arch=critic_arch)
+    lines = refusal(plan)
+    if lines and not cfg.trainer.memory_check:
+        import warnings
+
+        for line in lines:
+            warnings.warn(line.replace("; or set trainer.memory_check=False to run anyway",
+                                       " (trainer.memory_check=False: running anyway)"), stacklevel=3)
+        return []
+    return lines
 
 
 def _check_paths(cfg: TTRLTrainerConfig) -> list[str]:

@@ -1,5 +1,5 @@
 """Step metrics with verl's names (reference/algorithms-semantics.md §1.9): data statistics of the trained batch,
-timing per phase and throughput. (Rollout-vs-actor parity metrics come from bridge/sync.py.)
+timing (and, on GPU, peak memory) per phase and throughput. (Rollout-vs-actor parity metrics come from bridge/sync.py.)
 
 Pure torch; no torch.distributed, megatron or vllm. Every function returns ``{name: float}``.
 """
@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ttrl_megatron.memory.recorder import phase_memory
 from ttrl_megatron.protocol import DataProto
 
 
@@ -60,21 +61,25 @@ def throughput_metrics(batch: DataProto, step_seconds: float, world_size: int) -
 
 
 class PhaseTimer:
-    """Accumulates wall time per phase: ``with timer("gen"): ...`` -> ``timing_s/gen``."""
+    """Accumulates wall time per phase: ``with timer("gen"): ...`` -> ``timing_s/gen``; on a CUDA run also the
+    phase's peak memory, ``memory/peak_gib/gen`` (memory/recorder.py; max over ranks, so ``metrics()`` is then a
+    collective: call it on every rank)."""
 
-    def __init__(self):
+    def __init__(self, memory=None):
         self.seconds: dict[str, float] = {}
+        self.memory = memory if memory is not None else phase_memory()
 
     @contextmanager
     def __call__(self, phase: str):
         start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+        with self.memory(phase):
+            try:
+                yield
+            finally:
+                self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
     def metrics(self) -> dict[str, float]:
-        return {f"timing_s/{k}": v for k, v in self.seconds.items()}
+        return {**{f"timing_s/{k}": v for k, v in self.seconds.items()}, **self.memory.metrics()}
 
 
 def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
