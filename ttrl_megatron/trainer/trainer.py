@@ -48,7 +48,7 @@ from .dynamic_sampling import FilterSettings, StepBatchCollector, real_rows, rel
 from .generation import TRAIN, RolloutGroups, generate_batch, sampling_for
 from .labels import RewardStep
 from . import watchdog as W
-from .metrics import PhaseTimer, compute_data_metrics, throughput_metrics
+from .metrics import ActorUpdateCost, PhaseTimer, actor_mfu_metrics, compute_data_metrics, throughput_metrics
 from .preemption import Preempted, PreemptionHandler
 from .shared_dirs import check_shared_dirs
 from .tracking import Tracker, check_loggers
@@ -85,6 +85,7 @@ class TTRLTrainer:
         self.n_samples = ttrl.n_samples_per_prompt if ttrl else arr.rollout.n
         arch = B.model_arch(arr.model)
         self.actor = B.build_actor(arr.actor, arr.rollout, arr.model, arch, self.n_samples, self.total_steps, tr.seed)
+        self.actor_cost = ActorUpdateCost.on_this_device(arch, arr.actor.ppo_epochs)  # None: no GPU peak, no MFU
         self.ref = (B.build_reference(arr.ref, arr.model, arch, arr.actor.megatron.dtype, arr.rollout.temperature,
                                       arr.actor.megatron) if need_reference_policy(cfg) else None)
         self.critic = (B.build_critic(cfg.critic, arr.actor.megatron.dtype, self.n_samples,
@@ -226,6 +227,7 @@ class TTRLTrainer:
         metrics.update(timer.metrics())
         if batch is not None:
             metrics.update(throughput_metrics(batch, timer.seconds["step"], self.world))
+            metrics.update(actor_mfu_metrics(batch, timer.seconds.get("update_actor"), self.world, self.actor_cost))
         metrics.update({"training/global_step": float(step), "training/epoch": float(self.train_loader.epoch)})
         return metrics
 
