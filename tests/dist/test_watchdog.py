@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.proctree import signal_node
 from ttrl_megatron.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,11 +68,8 @@ def outcomes(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 codes.append(None)
         seconds = time.monotonic() - start
-        for proc in procs:  # whatever is left (the frozen node, a timed-out run): its whole session
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for proc in procs:  # whatever is left (the frozen node, a timed-out run): the agent and every rank below it
+            signal_node(proc.pid, signal.SIGKILL)  # (torchrun puts each rank in a session of its own: not killpg)
             proc.wait()
         for log in logs:
             log.close()
