@@ -117,10 +117,13 @@ def test_time_to_target_and_dynamic_sampling_summary(tmp_path):
 def test_dynamic_sampling_flag_sets_the_overrides_and_run_dir(tmp_path):
     from ttrl_megatron.demo.__main__ import parse
 
-    opts = parse(["--dynamic-sampling", "--seed", "1", "x.y=2"])
-    assert opts.dynamic_sampling and opts.test_freq == 20
-    ov = trainer_overrides(opts, tmp_path, tmp_path / "t", tmp_path / "d", tmp_path / "m")
-    assert "algorithm.filter_groups.enable=true" in ov and "algorithm.filter_groups.metric=seq_reward" in ov
-    assert ov[-1] == "x.y=2"  # user overrides come last (they win)
-    plain = trainer_overrides(parse([]), tmp_path, tmp_path / "t", tmp_path / "d", tmp_path / "m")
-    assert not any("filter_groups" in o for o in plain)
+    for argv in (["--seed", "1", "x.y=2"], ["--dynamic-sampling", "--seed", "1", "x.y=2"]):  # on by default
+        opts = parse(argv)
+        assert opts.dynamic_sampling and opts.test_freq == 20
+        ov = trainer_overrides(opts, tmp_path, tmp_path / "t", tmp_path / "d", tmp_path / "m")
+        assert "algorithm.filter_groups.enable=true" in ov and "algorithm.filter_groups.metric=seq_reward" in ov
+        assert ov[-1] == "x.y=2"  # user overrides come last (they win)
+    plain = parse(["--no-dynamic-sampling"])
+    assert not plain.dynamic_sampling
+    assert not any("filter_groups" in o for o in trainer_overrides(plain, tmp_path, tmp_path / "t", tmp_path / "d",
+                                                                      tmp_path / "m"))

