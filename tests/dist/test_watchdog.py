@@ -121,8 +121,9 @@ def test_a_frozen_rank_is_reported_gone_by_its_neighbour(outcomes):
 def test_preemption_agreement_shielded_children_and_shared_dirs(outcomes):
     r = outcomes["basics"]
     assert r["rc"] == [0], r["out"][0][-4000:]
-    results = [json.loads(line.split("RESULT ", 1)[1]) for line in r["out"][0].splitlines() if "RESULT " in line]
-    assert len(results) == 2
+    files = sorted(Path(r["dir"]).glob("basics_rank*.json"))
+    assert [f.name for f in files] == ["basics_rank0.json", "basics_rank1.json"], r["out"][0][-4000:]
+    results = [json.loads(f.read_text()) for f in files]
     for res in results:
         assert res["agreed_before"] is None
         assert res["agreed_after"] == "SIGUSR1 on rank 1"  # both ranks decide the same, from one rank's signal

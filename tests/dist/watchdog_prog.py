@@ -11,7 +11,8 @@ Scenarios (rank 0 waits for rank 1 in a barrier inside phase ``update_actor`` of
   raise   rank 1 raises ValueError in phase ``gen``: rank 0's error names rank 1 and that error;
   freeze  rank 1 SIGSTOPs itself (alive, silent): rank 0's watchdog reports it gone after heartbeat_timeout_s;
   basics  no failure: preemption agreement (rank 1 signals itself SIGUSR1), the signal mask a child inherits, and
-          the shared-directory check with a relative path under per-rank working directories; prints one JSON line.
+          the shared-directory check with a relative path under per-rank working directories; each rank writes
+          <run_dir>/basics_rank<r>.json (and prints it as a RESULT line).
 """
 
 from __future__ import annotations
@@ -105,7 +106,10 @@ def main() -> int:
     try:
         with W.failure_report():
             if scenario == "basics":
-                print("RESULT " + json.dumps(basics(run_dir, preemption)), flush=True)
+                result = json.dumps(basics(run_dir, preemption))
+                # both ranks print at once into one torchrun log, where lines can interleave: the test reads the file
+                Path(run_dir, f"basics_rank{dist.get_rank()}.json").write_text(result)
+                print("RESULT " + result, flush=True)
             elif dist.get_rank() == 1:
                 rank1(scenario, wd)
             else:
