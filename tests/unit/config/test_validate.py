@@ -4,36 +4,12 @@ The base is the demo config (2 CPU processes) composed once; each case changes f
 per case would make this file slow; composition itself is covered by test_compose.py).
 """
 
-import copy
-
 import pytest
 
-from ttrl_megatron.config import ConfigError, compose, validate
+from tests.unit.config.conftest import with_changes
+from ttrl_megatron.config import ConfigError, validate
 
 ARR = "actor_rollout_ref"
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    (run / "data").mkdir()
-    (run / "data" / "test.parquet").write_bytes(b"")
-    (run / "sft_model").mkdir()
-    cfg = compose([f"trainer.run_dir={run}"], config_name="examples/demo_cpu")
-    validate(cfg)  # the base itself is valid
-    return cfg
-
-
-def _with(cfg, changes: dict):
-    cfg = copy.deepcopy(cfg)
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split(".")
-        obj = cfg
-        for name in parents:
-            obj = getattr(obj, name)
-        assert hasattr(obj, leaf), dotted
-        setattr(obj, leaf, value)
-    return cfg
 
 
 CASES = {  # id: (field changes, world_size or None, text the message must contain)
@@ -151,31 +127,31 @@ CASES = {  # id: (field changes, world_size or None, text the message must conta
 def test_each_rule_names_the_field(base, case):
     changes, world_size, expected = CASES[case]
     with pytest.raises(ConfigError) as err:
-        validate(_with(base, changes), world_size=world_size)
+        validate(with_changes(base, changes), world_size=world_size)
     assert expected in str(err.value), str(err.value)
 
 
 def test_all_problems_are_reported_together(base):
-    bad = _with(base, {"algorithm.adv_estimator": "ppo", "data.truncation": "middle"})
+    bad = with_changes(base, {"algorithm.adv_estimator": "ppo", "data.truncation": "middle"})
     with pytest.raises(ConfigError) as err:
         validate(bad)
     assert len(err.value.problems) == 2 and "2 problems" in str(err.value)
 
 
 def test_check_paths_false_skips_only_the_paths(base):
-    cfg = _with(base, {"data.train_files": ["/nonexistent/x.parquet"]})
+    cfg = with_changes(base, {"data.train_files": ["/nonexistent/x.parquet"]})
     validate(cfg, check_paths=False)
     with pytest.raises(ConfigError, match="algorithm.adv_estimator"):
-        validate(_with(cfg, {"algorithm.adv_estimator": "ppo"}), check_paths=False)
+        validate(with_changes(cfg, {"algorithm.adv_estimator": "ppo"}), check_paths=False)
 
 
 def test_verl_names_added_with_the_drop_in_are_valid(base):
-    validate(_with(base, {f"{ARR}.actor.kl_loss_type": "low_var_kl+", f"{ARR}.actor.loss_agg_mode": "token-sum",
+    validate(with_changes(base, {f"{ARR}.actor.kl_loss_type": "low_var_kl+", f"{ARR}.actor.loss_agg_mode": "token-sum",
                           f"{ARR}.actor.policy_loss.loss_mode": "sapo", "algorithm.adv_estimator": "rloo_vectorized"}))
 
 
 def test_offload_is_fine_on_gpu(base):
-    validate(_with(base, {"trainer.device": "cuda", f"{ARR}.ref.megatron.param_offload": True}))
+    validate(with_changes(base, {"trainer.device": "cuda", f"{ARR}.ref.megatron.param_offload": True}))
 
 
 def test_estimator_names_come_from_the_registry():
@@ -189,6 +165,6 @@ def test_estimator_names_come_from_the_registry():
 
 
 def test_watchdog_budgets_may_be_off_or_the_watchdog_disabled(base):
-    validate(_with(base, {"trainer.watchdog.generation_s": None, "trainer.watchdog.step_s": 99999.0}))
-    validate(_with(base, {"trainer.watchdog.enable": False, "trainer.watchdog.update_s": 99999.0}))
-    validate(_with(base, {"trainer.preempt_signals": []}))
+    validate(with_changes(base, {"trainer.watchdog.generation_s": None, "trainer.watchdog.step_s": 99999.0}))
+    validate(with_changes(base, {"trainer.watchdog.enable": False, "trainer.watchdog.update_s": 99999.0}))
+    validate(with_changes(base, {"trainer.preempt_signals": []}))

@@ -1,37 +1,13 @@
 """validate() for dynamic sampling, TTRL consensus filtering, rollout correction and overlong shaping: every bad value
 is rejected with a message naming the field; verl-style overrides compose (thresholds as numbers or strings)."""
 
-import copy
-
 import pytest
 
+from tests.unit.config.conftest import with_changes
 from ttrl_megatron.config import ConfigError, compose, validate
 
 ARR = "actor_rollout_ref"
 RC = "algorithm.rollout_correction"
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    (run / "data").mkdir()
-    (run / "data" / "test.parquet").write_bytes(b"")
-    (run / "sft_model").mkdir()
-    cfg = compose([f"trainer.run_dir={run}"], config_name="examples/demo_cpu")
-    validate(cfg)
-    return cfg
-
-
-def _with(cfg, changes: dict):
-    cfg = copy.deepcopy(cfg)
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split(".")
-        obj = cfg
-        for name in parents:
-            obj = getattr(obj, name)
-        assert hasattr(obj, leaf), dotted
-        setattr(obj, leaf, value)
-    return cfg
 
 
 CASES = {  # id: (field changes, text the message must contain)
@@ -61,12 +37,12 @@ CASES = {  # id: (field changes, text the message must contain)
 def test_each_rule_names_the_field(base, case):
     changes, text = CASES[case]
     with pytest.raises(ConfigError) as err:
-        validate(_with(base, changes))
+        validate(with_changes(base, changes))
     assert text in str(err.value), str(err.value)
 
 
 def test_valid_settings_pass(base):
-    validate(_with(base, {"algorithm.filter_groups.enable": True, "algorithm.filter_groups.metric": "acc",
+    validate(with_changes(base, {"algorithm.filter_groups.enable": True, "algorithm.filter_groups.metric": "acc",
                           "algorithm.filter_groups.max_num_gen_batches": 4, f"{RC}.rollout_is": "sequence",
                           f"{RC}.rollout_is_threshold": "0.5_5.0", f"{RC}.rollout_rs": "token_k1,seq_mean_k3",
                           f"{RC}.rollout_rs_threshold": "0.5_2.0,0.1", "reward_model.overlong_buffer.enable": True,
