@@ -9,6 +9,7 @@ a first Llama engine start costs several extra seconds, so it is not repeated he
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 
 import pytest
@@ -191,6 +192,31 @@ def test_second_engine_same_seed_reproduces_and_bytes_transport(
             fresh.shutdown()
     finally:
         twin.shutdown()
+
+
+def test_engine_core_in_another_process_refits_through_one_shared_bucket(engine, model_dir, prompts, original,
+                                                                         tmp_path_factory):
+    """in_process=False: vLLM's engine core and worker run in their own process, so "auto" maps ONE reused
+    shared-memory bucket there (the host stand-in of the CUDA IPC handle a GPU sends); the update lands bit for bit as
+    the in-process engine's direct load of the same tensors, and no segment is left behind."""
+    far = VLLMRolloutEngine(_config(model_dir, tmp_path_factory, in_process=False, update_bucket_mib=1))
+    try:
+        assert (far.weight_transport, engine.weight_transport) == ("shared", "direct")
+        assert far.placement()["pid"] != os.getpid() == engine.placement()["pid"]
+        new = perturbed_state_dict(load_hf_model(model_dir), seed=9)
+        segments = set(os.listdir("/dev/shm"))
+        stats = far.update_weights(new)
+        assert stats["calls"] >= 2 and stats["tensors"] == len(new)  # several 1 MiB buckets through one buffer
+        assert set(os.listdir("/dev/shm")) <= segments
+        responses = _fixed_responses(prompts, seed=2)
+        assert _max_err(far, _hf(model_dir, new), prompts, responses) < TOL
+        engine.update_weights(new)
+        try:
+            assert far.compute_logprobs(prompts, responses) == engine.compute_logprobs(prompts, responses)
+        finally:
+            engine.update_weights(original)
+    finally:
+        far.shutdown()
 
 
 def test_compute_logprobs_matches_transformers(engine, model_dir, prompts):

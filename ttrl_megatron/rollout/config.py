@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs")
-WEIGHT_TRANSPORTS = ("auto", "bytes")
+WEIGHT_TRANSPORTS = ("auto", "shared", "bytes")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BACKENDS = ("auto", "external_launcher", "uni")
 SLEEP_LEVELS = (1, 2)
@@ -58,8 +58,10 @@ class VLLMEngineConfig:
       defaults (~/.cache/vllm and /tmp).
     weight_transport: "auto" = tensors go to the worker directly when it lives in this process (in_process: the
       uni and external_launcher executors run the worker in the caller's process, at any TP), so device tensors
-      are loaded device to device with no host copy; "bytes" = always serialized (what a multiprocess engine needs).
-    update_bucket_mib: size of the serialized buckets.
+      are loaded device to device with no host copy, and "shared" otherwise; "shared" = buckets of whole modules
+      in one reused buffer the worker maps (CUDA IPC on GPU, /dev/shm on CPU; rollout/shared_buckets.py): no host
+      copy on GPU, extra memory about one bucket; "bytes" = buckets serialized to host bytes (safetensors).
+    update_bucket_mib: size of the shared or serialized buckets (the trainer sets it from rollout.sync.bucket_size_mb).
     """
 
     model_path: str

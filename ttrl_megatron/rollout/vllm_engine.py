@@ -44,6 +44,7 @@ import vllm.v1.engine.core as vllm_engine_core
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 
+from ttrl_megatron.distributed.devices import compute_device
 from ttrl_megatron.rollout.base import RolloutOutput, SamplingConfig, derive_seed
 from ttrl_megatron.rollout.config import VLLMEngineConfig
 from ttrl_megatron.rollout.placement import (
@@ -54,6 +55,7 @@ from ttrl_megatron.rollout.placement import (
     resolve_backend,
     set_global_rng_state,
 )
+from ttrl_megatron.rollout.shared_buckets import shared_buckets
 from ttrl_megatron.rollout.weights import (
     ModuleGrouper,
     WeightSpec,
@@ -129,7 +131,10 @@ class VLLMRolloutEngine:
         self.eos_token_ids = _eos_token_ids(model_dir)
         # Raw (device) tensors can be handed to the worker when it lives in this process: uni and external_launcher
         # both run their one worker here, at any TP (each rank's worker slices its shard from the full tensor).
-        self._direct_weights = config.weight_transport == "auto" and config.in_process
+        # A worker in another process maps one shared bucket buffer (CUDA IPC / shared memory) instead.
+        self.weight_transport = config.weight_transport
+        if self.weight_transport == "auto":
+            self.weight_transport = "direct" if config.in_process else "shared"
         self.env = self._set_env()
         self._calls = 0
         self.asleep: set[str] = set()
@@ -317,7 +322,9 @@ class VLLMRolloutEngine:
         after a level-2 sleep the update must carry every module of the checkpoint (vLLM's weights are garbage
         until then), else it raises and the engine keeps refusing to sample.
         In-process (the default) the tensors reach vLLM's weight loaders as they are: device tensors are copied
-        device to device into vLLM's parameters, without a host copy.
+        device to device into vLLM's parameters, without a host copy. An engine core in another process maps one
+        reused bucket buffer on this rank's device (CUDA IPC on GPU, shared memory on CPU: rollout/shared_buckets.py),
+        again without a host copy on GPU; extra memory about one bucket (`update_bucket_mib`).
         Returns stats: tensors, modules, bytes, calls (reload calls), seconds, skipped.
         """
         llm = self._require_alive()
@@ -345,9 +352,15 @@ class VLLMRolloutEngine:
                 failure.append(exc)
 
         try:
-            if self._direct_weights:
+            if self.weight_transport == "direct":
                 stats["calls"] = 1
                 llm.collective_rpc("ttrl_reload_weights", args=((p for g in whole_modules() for p in g),))
+            elif self.weight_transport == "shared":
+                # One reused buffer on this rank's compute device; each call returns once the worker has loaded it.
+                buckets = shared_buckets(whole_modules(), self.config.update_bucket_mib << 20, compute_device())
+                for handle, entries in buckets:
+                    stats["calls"] += 1
+                    llm.collective_rpc("ttrl_reload_shared", args=(handle, entries))
             else:
                 for blob in serialized_buckets(whole_modules(), self.config.update_bucket_mib << 20):
                     stats["calls"] += 1
@@ -373,7 +386,8 @@ class VLLMRolloutEngine:
         return stats
 
     def placement(self) -> dict:
-        """Where this rank's worker runs: {"device", "local_rank", "rank"} (external_launcher: cuda:LOCAL_RANK)."""
+        """Where this rank's worker runs: {"device", "local_rank", "rank", "pid"} (external_launcher: cuda:LOCAL_RANK,
+        this process)."""
         return self._require_alive().collective_rpc("ttrl_placement")[0]
 
     def device(self) -> str:

@@ -15,6 +15,7 @@ engine validates before sending, because a reload that fails half-way is not rol
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 import torch
@@ -42,8 +43,9 @@ class WeightReloadExtension:
 
     def ttrl_placement(self) -> dict:
         """Where this worker runs: its device (external_launcher: `cuda:LOCAL_RANK`; the uni executor would say
-        `cuda:0` on every rank), the local rank it was given, and its global rank."""
-        return {"device": str(self.device), "local_rank": int(self.local_rank), "rank": int(self.rank)}
+        `cuda:0` on every rank), the local rank it was given, its global rank, and its process id."""
+        return {"device": str(self.device), "local_rank": int(self.local_rank), "rank": int(self.rank),
+                "pid": os.getpid()}
 
     def ttrl_restore_sampler(self, state: torch.Tensor) -> None:
         """Put back the generator state returned by `ttrl_seed_sampler`."""
@@ -69,6 +71,22 @@ class WeightReloadExtension:
         if "model.embed_tokens.weight" in names:
             self._ttrl_retie_output_layer()
         return len(names)
+
+    def ttrl_reload_shared(self, handle: dict, entries: list) -> int:
+        """Load one bucket from the sender's shared buffer (rollout/shared_buckets.py) in place; returns the number of
+        tensors. Refuses (after loading) if a parameter of the model now lives inside the buffer: the sender
+        overwrites it with the next bucket, so the weights would silently change."""
+        from ttrl_megatron.rollout.shared_buckets import MappedBucket
+
+        bucket = MappedBucket(handle, entries)
+        with bucket as pairs:
+            count = self.ttrl_reload_weights(pairs)
+            kept = bucket.aliased(self.model_runner.get_model().named_parameters())
+            del pairs
+        if kept:
+            raise RuntimeError(f"ttrl_reload_shared: parameters {kept[:3]} alias the shared weight bucket instead of "
+                               "holding a copy (use weight_transport='bytes' with this vLLM)")
+        return count
 
     def _ttrl_retie_output_layer(self) -> None:
         """Point a tied lm_head at the reloaded embedding again.

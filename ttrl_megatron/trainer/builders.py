@@ -138,7 +138,7 @@ def build_rollout_engine(rollout: RolloutConfig, model: ModelConfig, rank: int, 
         cudagraph_capture_sizes=rollout.cudagraph_capture_sizes,
         seed=derive_seed(rollout.seed, group) % 2**31,  # vLLM: < 2**32
         tensor_parallel_size=rollout.tensor_model_parallel_size, sleep_level=rollout.sleep_level,
-        enable_sleep_mode=rollout.free_cache_engine and on_gpu,
+        enable_sleep_mode=rollout.free_cache_engine and on_gpu, update_bucket_mib=rollout.sync.bucket_size_mb,
         run_dir=str(Path(run_dir) / "vllm" / f"rank{rank}"))
     return VLLMRolloutEngine(cfg)
 
