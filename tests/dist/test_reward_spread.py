@@ -61,7 +61,19 @@ def _label(rank: int, world: int) -> dict:
 def _spread(world: int) -> dict:
     import torch.distributed as dist
 
-    return _label(dist.get_rank(), world)
+    from ttrl_megatron.trainer import labels
+
+    gather, sent = labels.all_gather_objects, []
+
+    def recording(part):  # what this rank puts on the wire
+        sent.append(None if part is None else list(part["objects"]))
+        return gather(part)
+
+    labels.all_gather_objects = recording
+    try:
+        return {**_label(dist.get_rank(), world), "sent": sent}
+    finally:
+        labels.all_gather_objects = gather
 
 
 def test_each_rank_grades_its_share_and_all_agree_with_one_process():
@@ -73,6 +85,11 @@ def test_each_rank_grades_its_share_and_all_agree_with_one_process():
             assert got["seen"] == shares[rank]  # only its own prompts were scored here
             assert got["objects"] == want["objects"] and got["scores"] == want["scores"]
             assert got["responses"] == want["responses"] and got["metrics"] == want["metrics"]
+    # Only what the shares wrote crossed ranks: labels, scores, answers; never the texts every rank already holds.
+    assert ranks[0]["sent"][0] == ["reward_model", "majority_ratio", "score", "gt_score", "pred", "acc",
+                                   "label_correct"]
+    assert ranks[1]["sent"] == [["reward_model", "majority_ratio", "score", "gt_score", "pred", "acc", "note",
+                                 "label_correct"], None]
     five = single[5]
     assert [rm["majority_gt"] for rm in five["objects"]["reward_model"][::N_SAMPLES]] == ["3", "8", "1", "2", "9"]
     assert five["metrics"]["train/label_accuracy"] == 0.6  # 3, 1 and 9 match the dataset labels

@@ -2,7 +2,8 @@
 scores (plus DAPO's soft overlong punishment), and the TTRL metrics against the dataset's ground truth.
 
 Grading is spread over the ranks: every rank holds the identical rollout batch, votes and grades ITS contiguous share
-of the prompts (``split_evenly``), and the per-row results are all-gathered in rank order. No rank idles behind
+of the prompts (``split_evenly``), and the per-row results (labels, scores, extracted answers: not the texts and
+prompts every rank already holds) are all-gathered in rank order. No rank idles behind
 another's slow grading, and every rank ends with the same rows, labels and scores, identical to one process grading
 everything: votes and scores are per prompt / per row, the kept rows are chosen for the whole batch at once
 (``select_rollouts`` with the step's seed), and a pseudo label's verdict against the dataset label is decided once, on
@@ -21,6 +22,7 @@ from ttrl_megatron.algorithms.overlong import overlong_penalty
 from ttrl_megatron.protocol import DataProto, to_object_array
 from ttrl_megatron.rollout.base import derive_seed
 from ttrl_megatron.ttrl import RuleRewardManager, apply_ttrl_gt, compute_ttrl_metrics, grade_many, select_rollouts
+from ttrl_megatron.ttrl.pseudo_label import REWARD_MODEL
 
 from .assemble import split_evenly
 from .generation import all_gather_objects
@@ -100,7 +102,9 @@ class RewardStep:
                                seed)
 
     def _label_and_score(self, local: DataProto, keep: np.ndarray) -> dict:
-        """This rank's share: vote (TTRL), keep the selected rows, score them. Returns their object columns."""
+        """This rank's share: vote (TTRL), keep the selected rows, score them. Returns the object columns this phase
+        wrote (the labels it rewrote included), not the ones every rank already holds (texts, prompts, uids)."""
+        held = set(local.non_tensor_batch) - {REWARD_MODEL}  # voting rewrites the labels: those travel
         if self.ttrl is not None:
             # Label every row of the share (n_samples = n_votes keeps all, in order), then keep the rows chosen for
             # the whole batch: the same labels and rows as voting the whole batch with its selection at once.
@@ -116,8 +120,8 @@ class RewardStep:
         for key, values in out.extra.items():  # a custom reward's extra fields (e.g. for filter_groups.metric)
             objects.setdefault(key, to_object_array(list(values)))
         if self.ttrl is not None:
-            objects[LABEL_CORRECT] = to_object_array(self._label_verdicts(objects["reward_model"]))
-        return {"objects": objects, "num_errors": out.num_errors}
+            objects[LABEL_CORRECT] = to_object_array(self._label_verdicts(objects[REWARD_MODEL]))
+        return {"objects": {k: v for k, v in objects.items() if k not in held}, "num_errors": out.num_errors}
 
     def _label_verdicts(self, reward_models) -> list[bool]:
         pairs = [_label_pair(rm) for rm in reward_models]
@@ -133,9 +137,11 @@ class RewardStep:
         part = self._label_and_score(batch[lo:hi], local_keep) if hi > lo else None
         parts = [p for p in all_gather_objects(part) if p is not None]
         keys = list(dict.fromkeys(k for p in parts for k in p["objects"]))  # a custom reward's fields may differ
-        objects = {k: np.concatenate([p["objects"].get(k, to_object_array([None] * len(p["objects"][SCORE])))
+        written = {k: np.concatenate([p["objects"].get(k, to_object_array([None] * len(p["objects"][SCORE])))
                                       for p in parts]) for k in keys}
-        kept = DataProto(dict(batch[keep].batch), objects, dict(batch.meta_info))
+        rows = batch[keep]  # every rank holds the batch: only what the shares wrote was gathered
+        objects = {**rows.non_tensor_batch, **written}
+        kept = DataProto(dict(rows.batch), objects, dict(batch.meta_info))
         scores = torch.tensor([float(s) for s in objects[SCORE]], dtype=torch.float32)  # host: the batch lives there
         if self.overlong is not None:
             penalty = overlong_penalty(kept.batch["response_mask"].sum(dim=-1), self.max_response_length,
