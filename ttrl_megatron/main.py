@@ -35,6 +35,9 @@ def run(cfg, early_signal: str | None = None) -> int:
     The preemption signals are caught from the start (a signal during setup stops the run before its first step);
     an exception gets, when other ranks are involved, a note naming the rank that failed or is gone (watchdog.py).
     ``early_signal``: a preemption signal the launcher caught before this ran (the Ray actor's process)."""
+    import torch.distributed
+
+    from ttrl_megatron.megatron.parallel import destroy_distributed
     from ttrl_megatron.trainer.preemption import EXIT_PREEMPTED, Preempted, PreemptionHandler
     from ttrl_megatron.trainer.trainer import TTRLTrainer
     from ttrl_megatron.trainer.watchdog import failure_report
@@ -42,7 +45,8 @@ def run(cfg, early_signal: str | None = None) -> int:
     preemption = PreemptionHandler(cfg.trainer.preempt_signals).install()
     if early_signal is not None:
         preemption.request(early_signal)
-    trainer = None
+    trainer, ended_together = None, False
+    owns_world = not torch.distributed.is_initialized()  # the trainer will create it (torchrun, Ray actor, one process)
     try:
         with failure_report():  # inside: the failing rank is named before close() stops the watchdog
             trainer = TTRLTrainer(cfg, preemption=preemption).setup()
@@ -51,11 +55,18 @@ def run(cfg, early_signal: str | None = None) -> int:
             except Preempted as stop:
                 if trainer.rank == 0:
                     log.warning("%s; exiting %d: resume with trainer.resume_mode=auto", stop, EXIT_PREEMPTED)
+                ended_together = True
                 return EXIT_PREEMPTED
+        ended_together = True
         return 0
     finally:
         if trainer is not None:
             trainer.close()
+        if ended_together and owns_world:
+            # Every rank ended the same way (the last step, or a stop all agreed on): tear the groups down so NCCL
+            # communicators are released before exit (torch warns, and some NCCL versions hang, otherwise). After a
+            # failure the process just exits: a teardown could wait forever on a rank that is gone.
+            destroy_distributed()
         preemption.uninstall()
 
 
