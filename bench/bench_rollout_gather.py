@@ -10,7 +10,8 @@ bytes per id); log-probs are float32 values (9 bytes each once pickled as Python
 Both paths end with the same thing on every rank, the padded batch tensors (responses, response_mask,
 rollout_log_probs [R, 3072]) that assemble_batch builds:
   lists:   all_gather_object(RolloutOutput) -> merge -> RolloutOutput.to_padded (today's path)
-  tensors: PackedRollout.from_output -> all_gather_packed -> PackedRollout.to_padded
+  tensors: PackedRollout.from_output -> all_gather_packed (ids bit-packed at the batch's largest id width: 18 bits
+           here; log-probs as float32 bits) -> PackedRollout.to_padded
 Bytes moved = what the collectives carry to every rank (all_gather_object pads every rank's pickle to the longest,
 as all_gather_packed pads word buffers to the longest), summed over receiving ranks. Seconds per step = the slowest
 rank's wall time of the whole path, best of --repeats. Host bytes materialized = what the gathered batch occupies
@@ -81,7 +82,7 @@ def _lists_path(local, max_len: int):
 def _tensor_path(local, max_len: int):
     import torch.distributed as dist
 
-    from ttrl_megatron.rollout.packed import PackedRollout
+    from ttrl_megatron.rollout.packed import HEADER_WORDS, PackedRollout
     from ttrl_megatron.trainer.generation import all_gather_packed
 
     start = time.perf_counter()
@@ -89,10 +90,12 @@ def _tensor_path(local, max_len: int):
     gathered = all_gather_packed(packed)
     padded = gathered.to_padded(0, max_len)
     seconds = time.perf_counter() - start
-    words = [None] * dist.get_world_size()
-    dist.all_gather_object(words, PackedRollout.words(packed.header().tolist()))
+    headers = [None] * dist.get_world_size()
+    dist.all_gather_object(headers, packed.header().tolist())  # bytes accounting only, as all_gather_packed sizes it
+    bits = max(h[3] for h in headers)
+    words = [PackedRollout.words(h, bits) for h in headers]
     world = dist.get_world_size()
-    header_bytes = world * world * 8 * 3
+    header_bytes = world * world * 8 * HEADER_WORDS
     heap = sum(t.numel() * t.element_size() for t in (gathered.lengths, gathered.token_ids, gathered.logprobs,
                                                         gathered.finish))
     return seconds, world * world * 4 * max(words) + header_bytes, padded, heap

@@ -9,9 +9,11 @@ of Python objects on every rank, and padding them is a Python loop. `PackedRollo
   logprobs   [N]  float32  the sampled tokens' log-probs, same layout (None when not asked)
   finish     [R]  uint8    index into FINISH_REASONS
 
-Rows stay prompt-major (row r belongs to prompt r // n). `encode` lays a part out as ONE int32 word buffer (the
-float32 log-probs travel bit for bit as int32 words), so a gather is one small header collective plus one payload
-collective; `to_padded` scatters the flat tokens into verl's right-padded `[R, T]` layout without a Python loop.
+Rows stay prompt-major (row r belongs to prompt r // n). `encode` lays a part out as ONE int32 word buffer, so a
+gather is one small header collective plus one payload collective: the token ids bit-packed at the width of the
+largest id (`pack_bits`: 18 bits for any id of a 151,936-token vocabulary, instead of 32), the float32 log-probs bit
+for bit as int32 words (lossless: they feed the rollout-correction ratios). `to_padded` scatters the flat tokens into
+verl's right-padded `[R, T]` layout without a Python loop.
 
 Everything here lives on the host unless a caller moves the word buffer (collectives on NCCL groups need it on the
 compute device: trainer/generation.py asks distributed/devices.py). Pure torch; no vllm, no torch.distributed.
@@ -28,8 +30,54 @@ import torch
 
 from ttrl_megatron.rollout.base import FINISH_REASONS, RolloutOutput
 
-HEADER_WORDS = 3  # rows, tokens, has_logprobs
+HEADER_WORDS = 4  # rows, tokens, has_logprobs, id_bits
 _CODE = {reason: i for i, reason in enumerate(FINISH_REASONS)}
+_U32 = 1 << 32
+
+
+def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """`[N]` ints in [0, 2**bits) -> `[ceil(N * bits / 32)]` int32 words; value i sits at bits [i*bits, (i+1)*bits)
+    of the word stream, least significant bit first (a value may straddle two words). 1 <= bits <= 31.
+
+    The layout repeats every 32 values (32 values fill exactly `bits` words), so the values are viewed as blocks
+    `[N / 32, 32]` and packed one column at a time: 32 vectorized steps whatever N is."""
+    if not 1 <= bits <= 31:
+        raise ValueError(f"pack_bits: bits={bits} must be in [1, 31]")
+    n = values.numel()
+    blocks = -(-n // 32)
+    v = torch.zeros(blocks * 32, dtype=torch.int64, device=values.device)
+    v[:n] = values.reshape(-1)
+    v = v.view(blocks, 32).t().contiguous()  # [32, blocks]: each step below reads and writes contiguous rows
+    out = torch.zeros(bits + 1, blocks, dtype=torch.int64, device=values.device)
+    for j in range(32):  # disjoint bit ranges: OR-ing them into place
+        word, shift = (j * bits) >> 5, (j * bits) & 31
+        out[word] |= (v[j] << shift) & (_U32 - 1)
+        out[word + 1] |= v[j] >> (32 - shift)  # the bits that spill into the next word (0 when none do)
+    out = out[:bits].t().reshape(-1)[:-(-n * bits // 32)]
+    return torch.where(out >= 1 << 31, out - _U32, out).to(torch.int32)  # the uint32 pattern as int32
+
+
+def unpack_bits(words: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """Inverse of `pack_bits`: the first `count` values of `words` as `[count]` int32."""
+    if not 1 <= bits <= 31:
+        raise ValueError(f"unpack_bits: bits={bits} must be in [1, 31]")
+    blocks = -(-count // 32)
+    nwords = -(-count * bits // 32)
+    flat = torch.zeros(blocks * bits, dtype=torch.int64, device=words.device)
+    flat[:nwords] = words[:nwords].to(torch.int64) & (_U32 - 1)
+    w = torch.cat([flat.view(blocks, bits).t(), flat.new_zeros(1, blocks)])  # [bits + 1, blocks]: + a 0 spill row
+    out = torch.empty(32, blocks, dtype=torch.int32, device=words.device)
+    for j in range(32):
+        word, shift = (j * bits) >> 5, (j * bits) & 31
+        out[j] = ((w[word] >> shift) | (w[word + 1] << (32 - shift))) & ((1 << bits) - 1)
+    return out.t().reshape(-1)[:count]
+
+
+def id_bits(token_ids: torch.Tensor) -> int:
+    """Bits needed for the largest id (at least 1)."""
+    if token_ids.numel() and int(token_ids.min()) < 0:
+        raise ValueError(f"PackedRollout: negative token id {int(token_ids.min())}")
+    return max(1, int(token_ids.max()).bit_length()) if token_ids.numel() else 1
 
 
 def _flat(rows: Sequence[Sequence], typecode: str, dtype: torch.dtype) -> torch.Tensor:
@@ -151,29 +199,39 @@ class PackedRollout:
 
     # ------------------------------------------------------------------ wire format
     def header(self) -> torch.Tensor:
-        """`[HEADER_WORDS]` int64: rows, tokens, has_logprobs."""
-        return torch.tensor([len(self), self.token_ids.numel(), int(self.logprobs is not None)],  # host: header
-                            dtype=torch.long)
+        """`[HEADER_WORDS]` int64: rows, tokens, has_logprobs, bits of the largest token id."""
+        return torch.tensor([len(self), self.token_ids.numel(), int(self.logprobs is not None),  # host: header
+                             id_bits(self.token_ids)], dtype=torch.long)
 
-    def encode(self) -> torch.Tensor:
-        """One int32 word buffer: lengths | finish | token ids | log-prob bits (float32 reinterpreted)."""
-        parts = [self.lengths.to(torch.int32), self.finish.to(torch.int32), self.token_ids.to(torch.int32)]
+    def encode(self, bits: int | None = None) -> torch.Tensor:
+        """One int32 word buffer: lengths | finish | token ids packed at `bits` each (default: this part's
+        `id_bits`; a gather uses the largest over its parts) | log-prob bits (float32 reinterpreted)."""
+        bits = id_bits(self.token_ids) if bits is None else bits
+        if self.token_ids.numel() and int(self.token_ids.max()) >> bits:
+            raise ValueError(f"PackedRollout.encode: token id {int(self.token_ids.max())} needs more than {bits} bits")
+        parts = [self.lengths.to(torch.int32), self.finish.to(torch.int32), pack_bits(self.token_ids, bits)]
         if self.logprobs is not None:
             parts.append(self.logprobs.to(torch.float32).contiguous().view(torch.int32))
         return torch.cat(parts)
 
     @staticmethod
-    def words(header: Sequence[int]) -> int:
-        rows, tokens, has_lp = (int(h) for h in header)
-        return 2 * rows + tokens * (1 + has_lp)
+    def words(header: Sequence[int], bits: int | None = None) -> int:
+        """Length of `encode(bits)` of the part described by `header` (default bits: the header's own)."""
+        rows, tokens, has_lp, own = (int(h) for h in header)
+        bits = own if bits is None else bits
+        return 2 * rows + -(-tokens * bits // 32) + tokens * has_lp
 
     @classmethod
-    def decode(cls, n: int, header: Sequence[int], buffer: torch.Tensor) -> "PackedRollout":
-        """Inverse of `encode` (`buffer` may be longer: padding of a gather is ignored)."""
-        rows, tokens, has_lp = (int(h) for h in header)
+    def decode(cls, n: int, header: Sequence[int], buffer: torch.Tensor, bits: int | None = None) -> "PackedRollout":
+        """Inverse of `encode(bits)` (`buffer` may be longer: padding of a gather is ignored)."""
+        rows, tokens, has_lp, own = (int(h) for h in header)
+        bits = own if bits is None else bits
         buffer = buffer.to("cpu")  # host: the rollout batch lives on the host between phases
         lengths = buffer[:rows].long()
         finish = buffer[rows:2 * rows].to(torch.uint8)
-        ids = buffer[2 * rows:2 * rows + tokens].clone()
-        logprobs = buffer[2 * rows + tokens:2 * rows + 2 * tokens].clone().view(torch.float32) if has_lp else None
+        start = 2 * rows
+        packed = -(-tokens * bits // 32)
+        ids = unpack_bits(buffer[start:start + packed], bits, tokens)
+        start += packed
+        logprobs = buffer[start:start + tokens].clone().view(torch.float32) if has_lp else None
         return cls(n, lengths, ids, logprobs, finish)

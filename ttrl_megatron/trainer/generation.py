@@ -88,8 +88,9 @@ def broadcast_object(obj, src: int = 0):
 
 
 def all_gather_packed(local: PackedRollout, group=None) -> PackedRollout:
-    """Every rank's rows, in rank order, on every rank: a header all-gather (rows, tokens) then one all-gather of
-    the int32 word buffers padded to the longest (collective over ``group``, default the world)."""
+    """Every rank's rows, in rank order, on every rank: a header all-gather (rows, tokens, id bits) then one
+    all-gather of the int32 word buffers (ids packed at the batch's largest id width) padded to the longest
+    (collective over ``group``, default the world)."""
     if not dist.is_initialized() or dist.get_world_size(group) == 1:
         return local
     device = collective_device(group)  # NCCL takes device tensors, gloo host tensors
@@ -98,13 +99,14 @@ def all_gather_packed(local: PackedRollout, group=None) -> PackedRollout:
     headers = [torch.empty(HEADER_WORDS, dtype=torch.long, device=device) for _ in range(world)]
     dist.all_gather(headers, header, group=group)
     headers = [h.tolist() for h in headers]
-    width = max(PackedRollout.words(h) for h in headers)
-    words = local.encode()
+    bits = max(h[3] for h in headers)  # one id width for every part: the largest id of the whole batch
+    width = max(PackedRollout.words(h, bits) for h in headers)
+    words = local.encode(bits)
     buffer = torch.zeros(width, dtype=torch.int32, device=device)
     buffer[:words.numel()] = words.to(device)
     buffers = [torch.empty(width, dtype=torch.int32, device=device) for _ in range(world)]
     dist.all_gather(buffers, buffer, group=group)
-    return PackedRollout.concat([PackedRollout.decode(local.n, h, b) for h, b in zip(headers, buffers)])
+    return PackedRollout.concat([PackedRollout.decode(local.n, h, b, bits) for h, b in zip(headers, buffers)])
 
 
 def generate_dp(engine, prompts: dict, n: int, sampling: SamplingConfig, groups: RolloutGroups) -> PackedRollout:

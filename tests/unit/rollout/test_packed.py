@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ttrl_megatron.rollout.base import RolloutOutput, SamplingConfig
-from ttrl_megatron.rollout.packed import PackedRollout
+from ttrl_megatron.rollout.packed import PackedRollout, pack_bits, unpack_bits
 from ttrl_megatron.trainer.assemble import assemble_batch, prompt_uids
 from ttrl_megatron.trainer.generation import RolloutGroups, generate_dp, sampling_for
 
@@ -36,12 +36,34 @@ def test_pack_roundtrip_padding_and_wire_format():
     back = PackedRollout.decode(2, packed.header().tolist(), words)
     assert torch.equal(back.token_ids, packed.token_ids) and torch.equal(back.logprobs, packed.logprobs)
     assert torch.equal(back.lengths, packed.lengths) and torch.equal(back.finish, packed.finish)
-    assert PackedRollout.words(packed.header().tolist()) == 2 * 4 + 2 * 7
+    # 7 ids up to 150,000 packed at 18 bits: 126 bits = 4 words (not 7); 7 log-prob words; lengths + finish 2 x 4
+    assert packed.header().tolist() == [4, 7, 1, 18]
+    assert PackedRollout.words(packed.header().tolist()) == 2 * 4 + 4 + 7 == packed.encode().numel()
+    wide = packed.encode(25)  # a gather packs every part at the widest part's width
+    assert wide.numel() == PackedRollout.words(packed.header().tolist(), 25) == 2 * 4 + 6 + 7
+    assert PackedRollout.decode(2, packed.header().tolist(), wide, 25).to_output().response_ids == OUT.response_ids
+    with pytest.raises(ValueError, match="token id 150000 needs more than 17 bits"):
+        packed.encode(17)
     # row slices and concatenation keep prompt-major order
     parts = [packed.rows(0, 1), packed.rows(1, 3), packed.rows(3, 4), PackedRollout.empty(2)]
     assert PackedRollout.concat(parts).to_output().response_ids == OUT.response_ids
     with pytest.raises(ValueError, match="different n"):
         PackedRollout.concat([packed, PackedRollout.empty(3)])
+
+
+@pytest.mark.parametrize("bits", [1, 5, 17, 18, 31])
+def test_bit_packing_round_trips_at_every_width(bits):
+    gen = torch.Generator().manual_seed(bits)
+    for count in (0, 1, 31, 32, 33, 1000):
+        values = torch.randint(0, 1 << bits, (count,), generator=gen, dtype=torch.int64).to(torch.int32)
+        if count:
+            values[0] = (1 << bits) - 1  # all ones, the top value of the width
+        words = pack_bits(values, bits)
+        assert words.dtype == torch.int32 and words.numel() == -(-count * bits // 32)
+        assert torch.equal(unpack_bits(torch.cat([words, torch.full((3,), -1, dtype=torch.int32)]), bits, count),
+                           values)
+    with pytest.raises(ValueError, match="bits=32 must be in"):
+        pack_bits(torch.zeros(2, dtype=torch.int32), 32)
 
 
 def test_packed_batch_assembles_like_the_list_batch():
