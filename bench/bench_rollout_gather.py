@@ -7,17 +7,24 @@ itself) and `skewed` (TTRL's mix, median 1/4 of the maximum). Token ids are draw
 vocabulary in real text are small: ~46% below 256, ~93% below 65,536), which keeps the pickled baseline small (2-3
 bytes per id); log-probs are float32 values (9 bytes each once pickled as Python floats).
 
-Both paths end with the same thing on every rank, the padded batch tensors (responses, response_mask,
-rollout_log_probs [R, 3072]) that assemble_batch builds:
-  lists:   all_gather_object(RolloutOutput) -> merge -> RolloutOutput.to_padded (today's path)
-  tensors: PackedRollout.from_output -> all_gather_packed (ids bit-packed at the batch's largest id width: 18 bits
-           here; log-probs as float32 bits) -> PackedRollout.to_padded
+The paths end with the padded batch tensors (responses, response_mask, rollout_log_probs [R, 3072]) that
+assemble_batch builds on every rank:
+  lists:        all_gather_object(RolloutOutput) -> merge -> RolloutOutput.to_padded (the path before this work)
+  tensors:      PackedRollout.from_output -> all_gather_packed (ids bit-packed at the batch's largest id width: 18
+                bits here; log-probs as float32 bits) -> PackedRollout.to_padded: what the trainer runs when rollout
+                correction (algorithm.rollout_correction) needs every row's log-probs on every rank
+  tensors_here: the same with logprobs_everywhere=False, what the trainer runs otherwise (the default): the ids go
+                to every rank, each row's log-probs stay on the rank that sampled them (nothing else reads them but
+                the mismatch metrics, which are reduced from nine per-rank sums: trainer/corrections.py), so every
+                rank ends with identical responses/response_mask and its own rows' log-probs (zeros elsewhere),
+                checked here against the lists path.
 Bytes moved = what the collectives carry to every rank (all_gather_object pads every rank's pickle to the longest,
 as all_gather_packed pads word buffers to the longest), summed over receiving ranks. Seconds per step = the slowest
 rank's wall time of the whole path, best of --repeats. Host bytes materialized = what the gathered batch occupies
 on each rank before padding: Python list/int/float objects (CPython sizes: list 56 + 8 per item, int 28 unless
 cached (-5..256), float 24) vs the gathered tensors. Prints a last line `RESULT {json}` with `bytes_ratio`
-(tensors / lists on the wire, `full` mix; the issue's goal is <= 0.25), `seconds_ratio` and `materialized_ratio`.
+(tensors_here / lists on the wire, `full` mix: the trainer's default path; the issue's goal is <= 0.25),
+`bytes_ratio_with_logprobs` (tensors / lists), the seconds ratios and `materialized_ratio`.
 `--small` runs 256 rows x 512 tokens.
 """
 
@@ -79,7 +86,7 @@ def _lists_path(local, max_len: int):
     return seconds, world * world * max(sizes), padded, heap
 
 
-def _tensor_path(local, max_len: int):
+def _tensor_path(local, max_len: int, everywhere: bool = True):
     import torch.distributed as dist
 
     from ttrl_megatron.rollout.packed import HEADER_WORDS, PackedRollout
@@ -87,11 +94,11 @@ def _tensor_path(local, max_len: int):
 
     start = time.perf_counter()
     packed = PackedRollout.from_output(local)
-    gathered = all_gather_packed(packed)
+    gathered = all_gather_packed(packed, logprobs_everywhere=everywhere)
     padded = gathered.to_padded(0, max_len)
     seconds = time.perf_counter() - start
     headers = [None] * dist.get_world_size()
-    dist.all_gather_object(headers, packed.header().tolist())  # bytes accounting only, as all_gather_packed sizes it
+    dist.all_gather_object(headers, packed.header(everywhere).tolist())  # bytes accounting, as all_gather_packed
     bits = max(h[3] for h in headers)
     words = [PackedRollout.words(h, bits) for h in headers]
     world = dist.get_world_size()
@@ -108,10 +115,12 @@ def _rank(rows: int, max_len: int, mixes: list[str], repeats: int) -> dict:
     out = {}
     for mix in mixes:
         local = make_output(rows // world, max_len, mix, seed=rank)
-        best = {"lists": (math.inf, 0), "tensors": (math.inf, 0)}
+        paths = {"lists": _lists_path, "tensors": _tensor_path,
+                 "tensors_here": lambda out, length: _tensor_path(out, length, everywhere=False)}
+        best = {name: (math.inf, 0) for name in paths}
         heap = {}
         for _ in range(repeats):  # interleaved, best of each
-            for name, fn in (("lists", _lists_path), ("tensors", _tensor_path)):
+            for name, fn in paths.items():
                 dist.barrier()
                 seconds, nbytes, padded, heap[name] = fn(local, max_len)
                 slowest = torch.tensor([seconds], dtype=torch.float64)
@@ -119,11 +128,14 @@ def _rank(rows: int, max_len: int, mixes: list[str], repeats: int) -> dict:
                 best[name] = min(best[name], (float(slowest), nbytes))
                 if name == "lists":
                     reference = padded
-                else:
-                    same = all(torch.equal(reference[k], padded[k]) for k in reference)
-                    if not same:
-                        raise AssertionError(f"{mix}: the tensor path built a different batch")
-            del padded, reference
+                    continue
+                want = dict(reference)
+                if name == "tensors_here":  # this rank's rows' log-probs, zeros in the other ranks' rows
+                    mine = (padded.pop("rollout_log_probs_rank") == rank).unsqueeze(1)
+                    want["rollout_log_probs"] = torch.where(mine, want["rollout_log_probs"], 0.0)
+                if set(want) != set(padded) or not all(torch.equal(want[k], padded[k]) for k in want):
+                    raise AssertionError(f"{mix}: the {name} path built a different batch")
+            del padded, reference, want
         tokens = int(sum(len(r) for r in local.response_ids)) * world
         out[mix] = {"tokens": tokens, **{f"{k}_seconds": v[0] for k, v in best.items()},
                     **{f"{k}_bytes": v[1] for k, v in best.items()}, **{f"{k}_heap": v for k, v in heap.items()}}
@@ -148,19 +160,26 @@ def main() -> None:
         print(f"{mix:7s} {args.rows} x {args.max_len}, {r['tokens']:,} tokens over {args.world} ranks: "
               f"lists {r['lists_bytes'] / 2**20:8.1f} MiB {r['lists_seconds']:6.2f} s | "
               f"tensors {r['tensors_bytes'] / 2**20:8.1f} MiB {r['tensors_seconds']:6.2f} s | "
-              f"bytes ratio {r['tensors_bytes'] / r['lists_bytes']:.3f}, "
-              f"seconds ratio {r['tensors_seconds'] / r['lists_seconds']:.3f}; host bytes materialized per rank "
-              f"{r['lists_heap'] / 2**20:.1f} vs {r['tensors_heap'] / 2**20:.1f} MiB")
+              f"tensors_here {r['tensors_here_bytes'] / 2**20:8.1f} MiB {r['tensors_here_seconds']:6.2f} s | "
+              f"bytes ratio {r['tensors_here_bytes'] / r['lists_bytes']:.3f} "
+              f"({r['tensors_bytes'] / r['lists_bytes']:.3f} with log-probs), seconds ratio "
+              f"{r['tensors_here_seconds'] / r['lists_seconds']:.3f} ({r['tensors_seconds'] / r['lists_seconds']:.3f}); "
+              f"host bytes materialized per rank {r['lists_heap'] / 2**20:.1f} vs {r['tensors_heap'] / 2**20:.1f} MiB")
     full, skewed = results["full"], results["skewed"]
     result = {
         "rows": args.rows, "max_len": args.max_len, "world": args.world,
-        "bytes_ratio": round(full["tensors_bytes"] / full["lists_bytes"], 4),
-        "seconds_ratio": round(full["tensors_seconds"] / full["lists_seconds"], 4),
-        "bytes_ratio_skewed": round(skewed["tensors_bytes"] / skewed["lists_bytes"], 4),
-        "seconds_ratio_skewed": round(skewed["tensors_seconds"] / skewed["lists_seconds"], 4),
+        "bytes_ratio": round(full["tensors_here_bytes"] / full["lists_bytes"], 4),
+        "seconds_ratio": round(full["tensors_here_seconds"] / full["lists_seconds"], 4),
+        "bytes_ratio_with_logprobs": round(full["tensors_bytes"] / full["lists_bytes"], 4),
+        "seconds_ratio_with_logprobs": round(full["tensors_seconds"] / full["lists_seconds"], 4),
+        "bytes_ratio_skewed": round(skewed["tensors_here_bytes"] / skewed["lists_bytes"], 4),
+        "bytes_ratio_skewed_with_logprobs": round(skewed["tensors_bytes"] / skewed["lists_bytes"], 4),
+        "seconds_ratio_skewed": round(skewed["tensors_here_seconds"] / skewed["lists_seconds"], 4),
         "materialized_ratio": round(full["tensors_heap"] / full["lists_heap"], 4),
         "lists_bytes": full["lists_bytes"], "tensors_bytes": full["tensors_bytes"],
+        "tensors_here_bytes": full["tensors_here_bytes"],
         "lists_seconds": round(full["lists_seconds"], 3), "tensors_seconds": round(full["tensors_seconds"], 3),
+        "tensors_here_seconds": round(full["tensors_here_seconds"], 3),
         "goal_bytes_ratio": 0.25,
     }
     print("RESULT " + json.dumps(result))

@@ -8,6 +8,8 @@ of Python objects on every rank, and padding them is a Python loop. `PackedRollo
   token_ids  [N]  int32    all rows' token ids end to end (N = lengths.sum(); any vocab below 2**31)
   logprobs   [N]  float32  the sampled tokens' log-probs, same layout (None when not asked)
   finish     [R]  uint8    index into FINISH_REASONS
+  logprob_rank [R] int64   when set: the rank whose `logprobs` of the row are real (a gather that left the log-probs
+                           on the rank that sampled them; the other ranks hold zeros there); None: real everywhere
 
 Rows stay prompt-major (row r belongs to prompt r // n). `encode` lays a part out as ONE int32 word buffer, so a
 gather is one small header collective plus one payload collective: the token ids bit-packed at the width of the
@@ -97,6 +99,7 @@ class PackedRollout:
     token_ids: torch.Tensor
     logprobs: torch.Tensor | None
     finish: torch.Tensor
+    logprob_rank: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         rows = self.lengths.numel()
@@ -109,6 +112,8 @@ class PackedRollout:
             raise ValueError(f"PackedRollout: {self.token_ids.numel()} token ids but the lengths sum to {total}")
         if self.logprobs is not None and self.logprobs.numel() != total:
             raise ValueError(f"PackedRollout: {self.logprobs.numel()} log-probs for {total} tokens")
+        if self.logprob_rank is not None and (self.logprobs is None or self.logprob_rank.numel() != rows):
+            raise ValueError("PackedRollout: logprob_rank needs log-probs and one rank per row")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -138,9 +143,13 @@ class PackedRollout:
         if any(p.n != n for p in parts):
             raise ValueError(f"PackedRollout.concat: parts have different n {[p.n for p in parts]}")
         with_lp = all(p.logprobs is not None for p in parts)
+        ranked = [p.logprob_rank is not None for p in parts]
+        if with_lp and any(ranked) and not all(ranked):
+            raise ValueError("PackedRollout.concat: some parts say which rank holds their log-probs, some do not")
         return cls(n, torch.cat([p.lengths for p in parts]), torch.cat([p.token_ids for p in parts]),
                    torch.cat([p.logprobs for p in parts]) if with_lp else None,
-                   torch.cat([p.finish for p in parts]))
+                   torch.cat([p.finish for p in parts]),
+                   torch.cat([p.logprob_rank for p in parts]) if with_lp and all(ranked) else None)
 
     # ------------------------------------------------------------------ views
     def __len__(self) -> int:
@@ -159,7 +168,8 @@ class PackedRollout:
         offsets = self.offsets()
         lo, hi = int(offsets[start]), int(offsets[end])
         return PackedRollout(self.n, self.lengths[start:end], self.token_ids[lo:hi],
-                             None if self.logprobs is None else self.logprobs[lo:hi], self.finish[start:end])
+                             None if self.logprobs is None else self.logprobs[lo:hi], self.finish[start:end],
+                             None if self.logprob_rank is None else self.logprob_rank[start:end])
 
     @property
     def response_ids(self) -> list[list[int]]:
@@ -182,7 +192,8 @@ class PackedRollout:
 
     def to_padded(self, pad_token_id: int, length: int | None = None) -> dict[str, torch.Tensor]:
         """verl's right-padded layout, as `RolloutOutput.to_padded`: responses `[R, T]` long, response_mask `[R, T]`
-        long, rollout_log_probs `[R, T]` float32 (0 on padding) when kept. `length` defaults to the longest row."""
+        long, rollout_log_probs `[R, T]` float32 (0 on padding) when kept, and rollout_log_probs_rank `[R]` int64
+        when only one rank holds each row's real log-probs (`logprob_rank`). `length` defaults to the longest row."""
         longest = int(self.lengths.max()) if len(self) else 0
         length = longest if length is None else length
         if length < longest:
@@ -195,22 +206,27 @@ class PackedRollout:
             padded = torch.zeros(len(self), length, dtype=torch.float32)  # host: rollout batch
             padded[mask] = self.logprobs
             out["rollout_log_probs"] = padded
+            if self.logprob_rank is not None:
+                out["rollout_log_probs_rank"] = self.logprob_rank.clone()
         return out
 
     # ------------------------------------------------------------------ wire format
-    def header(self) -> torch.Tensor:
-        """`[HEADER_WORDS]` int64: rows, tokens, has_logprobs, bits of the largest token id."""
-        return torch.tensor([len(self), self.token_ids.numel(), int(self.logprobs is not None),  # host: header
-                             id_bits(self.token_ids)], dtype=torch.long)
+    def header(self, with_logprobs: bool = True) -> torch.Tensor:
+        """`[HEADER_WORDS]` int64: rows, tokens, has_logprobs (0 when `with_logprobs` is False: they stay here),
+        bits of the largest token id."""
+        return torch.tensor([len(self), self.token_ids.numel(),  # host: header
+                             int(with_logprobs and self.logprobs is not None), id_bits(self.token_ids)],
+                            dtype=torch.long)
 
-    def encode(self, bits: int | None = None) -> torch.Tensor:
+    def encode(self, bits: int | None = None, with_logprobs: bool = True) -> torch.Tensor:
         """One int32 word buffer: lengths | finish | token ids packed at `bits` each (default: this part's
-        `id_bits`; a gather uses the largest over its parts) | log-prob bits (float32 reinterpreted)."""
+        `id_bits`; a gather uses the largest over its parts) | log-prob bits (float32 reinterpreted; left out when
+        `with_logprobs` is False)."""
         bits = id_bits(self.token_ids) if bits is None else bits
         if self.token_ids.numel() and int(self.token_ids.max()) >> bits:
             raise ValueError(f"PackedRollout.encode: token id {int(self.token_ids.max())} needs more than {bits} bits")
         parts = [self.lengths.to(torch.int32), self.finish.to(torch.int32), pack_bits(self.token_ids, bits)]
-        if self.logprobs is not None:
+        if with_logprobs and self.logprobs is not None:
             parts.append(self.logprobs.to(torch.float32).contiguous().view(torch.int32))
         return torch.cat(parts)
 

@@ -7,7 +7,8 @@ Tensors (B = prompts x n rows, P = data.max_prompt_length, R = data.max_response
   prompts [B, P] (left-padded), responses [B, R] (right-padded with the pad id), input_ids [B, P+R],
   attention_mask [B, P+R] (1 on real prompt and response tokens), position_ids [B, P+R] (0 at the first real token,
   counting on through the response, as HF), response_mask [B, R] (1 on generated tokens incl. EOS),
-  rollout_log_probs [B, R] (vLLM's sampled-token log-probs, 0 on padding).
+  rollout_log_probs [B, R] (vLLM's sampled-token log-probs, 0 on padding), and rollout_log_probs_rank [B] (the rank
+  holding the row's real log-probs) when they were left on the rank that sampled them (trainer/generation.py).
 Per-row objects: uid (one per prompt, shared by its n rows), response_text (decoded, special tokens skipped),
 finish_reason, and every per-prompt field of the prompt batch (reward_model, data_source, extra_info, ...).
 
@@ -64,8 +65,9 @@ def assemble_batch(prompts: dict, rollout: RolloutOutput | PackedRollout, *, uid
         "position_ids": (attention_mask.cumsum(dim=1) - 1).clamp(min=0),
         "response_mask": response_mask,
     }
-    if "rollout_log_probs" in padded:
-        tensors["rollout_log_probs"] = padded["rollout_log_probs"]
+    for key in ("rollout_log_probs", "rollout_log_probs_rank"):
+        if key in padded:
+            tensors[key] = padded[key]
     row_ids = rows.tolist()
     objects = {k: [copy.deepcopy(v[i]) for i in row_ids] for k, v in prompts.items()
                if k not in PROMPT_TENSORS and k not in _DROPPED}

@@ -10,15 +10,22 @@ them executes exactly the code it ran before they existed):
   view of the batch with the rows whose generation hit the length limit (finish reason ``length``) masked out of
   the policy loss. Their rewards still take part in the group baselines (the advantages are computed before), and
   the critic still learns their values. Metric ``actor/truncated_masked_ratio``.
+* ``rollout_mismatch_metrics``: verl's ``training/rollout_probs_diff_*`` between the engine's and the actor's
+  probabilities of the sampled tokens, over the whole batch, also when each row's rollout log-probs stayed on the
+  rank that sampled them (without rollout correction nothing else needs them elsewhere, so the gather leaves them
+  there: trainer/generation.py): every rank sums its own rows and the nine sums are all-gathered.
 
-No megatron, no vllm.
+No megatron, no vllm, no torch.distributed (the gather is passed in).
 """
 
 from __future__ import annotations
 
 from ttrl_megatron.algorithms.overlong import mask_rows, truncated_rows
 from ttrl_megatron.algorithms.rollout_corr import compute_rollout_correction
+from ttrl_megatron.bridge.sync import merge_probs_diff_sums, probs_diff_metrics, probs_diff_sums
 from ttrl_megatron.protocol import DataProto
+
+LOGPROB_RANK = "rollout_log_probs_rank"  # [B] the rank holding each row's real rollout_log_probs (generation.py)
 
 
 class RolloutCorrection:
@@ -35,6 +42,9 @@ class RolloutCorrection:
 
     def __call__(self, batch: DataProto) -> dict:
         t, c = batch.batch, self.cfg
+        if LOGPROB_RANK in t:  # the trainer gathers every row's log-probs everywhere when this object exists
+            raise RuntimeError("RolloutCorrection: the batch holds only this rank's rollout log-probs; rollout "
+                               "correction needs every row's (generate with logprobs_everywhere=True)")
         weights, mask, metrics = compute_rollout_correction(
             t["old_log_probs"], t["rollout_log_probs"], t["response_mask"], rollout_is=c.rollout_is,
             rollout_is_threshold=c.rollout_is_threshold, rollout_is_batch_normalize=c.rollout_is_batch_normalize,
@@ -57,3 +67,15 @@ class TruncationMask:
         view = DataProto(dict(batch.batch, response_mask=mask_rows(mask, cut)), dict(batch.non_tensor_batch),
                          dict(batch.meta_info))
         return view, {"actor/truncated_masked_ratio": ratio}
+
+
+def rollout_mismatch_metrics(batch: DataProto, rank: int, gather) -> dict:
+    """``training/rollout_probs_diff_*`` of the batch (old_log_probs computed). When the batch says which rank holds
+    each row's rollout log-probs, this rank sums the rows it holds and ``gather`` (obj -> [obj of every rank], every
+    rank calls it) combines the sums; else the batch is measured here."""
+    t = batch.batch
+    if LOGPROB_RANK not in t:
+        return probs_diff_metrics(probs_diff_sums(t["rollout_log_probs"], t["old_log_probs"], t["response_mask"]))
+    mine = (t[LOGPROB_RANK] == rank).to(t["response_mask"].dtype).unsqueeze(1)
+    local = probs_diff_sums(t["rollout_log_probs"], t["old_log_probs"], t["response_mask"] * mine)
+    return probs_diff_metrics(merge_probs_diff_sums(gather(local)))

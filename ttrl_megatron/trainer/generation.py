@@ -8,8 +8,10 @@ keeps its own contiguous slice of the group's rows (chunk `tp_rank`, as verl's S
 do). One all-gather over the world in rank order then yields group 0's chunks, group 1's chunks, ...: the
 prompt-major batch, each row sent once.
 
-The gather moves tensors (`rollout/packed.py`: one int32 word buffer per rank with token ids, log-prob bits,
-lengths and finish codes) rather than pickled Python lists: bench/bench_rollout_gather.py measures both.
+The gather moves tensors (`rollout/packed.py`: one int32 word buffer per rank with bit-packed token ids, lengths,
+finish codes and, when other ranks need them, log-prob bits) rather than pickled Python lists:
+bench/bench_rollout_gather.py measures both. The trainer leaves the log-probs on the rank that sampled them unless
+rollout correction needs them on every rank (trainer/corrections.py).
 
 Seeds: each call passes an explicit sampling seed derived from (base seed, step, purpose, rollout group), so a rerun
 -- or a resumed run, whose engines restart their call counters -- draws exactly the same samples at the same step,
@@ -87,31 +89,45 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def all_gather_packed(local: PackedRollout, group=None) -> PackedRollout:
+def all_gather_packed(local: PackedRollout, group=None, logprobs_everywhere: bool = True) -> PackedRollout:
     """Every rank's rows, in rank order, on every rank: a header all-gather (rows, tokens, id bits) then one
     all-gather of the int32 word buffers (ids packed at the batch's largest id width) padded to the longest
-    (collective over ``group``, default the world)."""
+    (collective over ``group``, default the world).
+
+    ``logprobs_everywhere=False``: the log-probs stay on the rank that sampled them (nothing but their rank needs
+    them unless rollout correction reweights every row: the mismatch metrics are reduced from per-rank sums); the
+    result then holds this rank's log-probs, zeros for the other ranks' rows, and ``logprob_rank`` says whose are
+    real (global ranks)."""
     if not dist.is_initialized() or dist.get_world_size(group) == 1:
         return local
     device = collective_device(group)  # NCCL takes device tensors, gloo host tensors
     world = dist.get_world_size(group)
-    header = local.header().to(device)
+    header = local.header(with_logprobs=logprobs_everywhere).to(device)
     headers = [torch.empty(HEADER_WORDS, dtype=torch.long, device=device) for _ in range(world)]
     dist.all_gather(headers, header, group=group)
     headers = [h.tolist() for h in headers]
     bits = max(h[3] for h in headers)  # one id width for every part: the largest id of the whole batch
     width = max(PackedRollout.words(h, bits) for h in headers)
-    words = local.encode(bits)
+    words = local.encode(bits, with_logprobs=logprobs_everywhere)
     buffer = torch.zeros(width, dtype=torch.int32, device=device)
     buffer[:words.numel()] = words.to(device)
     buffers = [torch.empty(width, dtype=torch.int32, device=device) for _ in range(world)]
     dist.all_gather(buffers, buffer, group=group)
-    return PackedRollout.concat([PackedRollout.decode(local.n, h, b, bits) for h, b in zip(headers, buffers)])
+    parts = [PackedRollout.decode(local.n, h, b, bits) for h, b in zip(headers, buffers)]
+    if not logprobs_everywhere and local.logprobs is not None:
+        me = dist.get_rank(group)
+        parts = [dataclasses.replace(
+            part, logprobs=local.logprobs if i == me else torch.zeros(part.token_ids.numel()),  # host: rollout batch
+            logprob_rank=torch.full((len(part),), i if group is None else dist.get_global_rank(group, i),  # host: rows
+                                    dtype=torch.long)) for i, part in enumerate(parts)]
+    return PackedRollout.concat(parts)
 
 
-def generate_dp(engine, prompts: dict, n: int, sampling: SamplingConfig, groups: RolloutGroups) -> PackedRollout:
+def generate_dp(engine, prompts: dict, n: int, sampling: SamplingConfig, groups: RolloutGroups,
+                logprobs_everywhere: bool = True) -> PackedRollout:
     """``n`` samples for every prompt of the collated batch, generated per rollout group and gathered as tensors
-    (prompt-major; identical on every rank)."""
+    (prompt-major; identical on every rank, but for the log-probs of other ranks' rows when not
+    ``logprobs_everywhere``: see ``all_gather_packed``)."""
     start, end = split_evenly(prompts["input_ids"].shape[0], groups.groups)[groups.group]
     ids = prompts["raw_prompt_ids"][start:end]
     if ids:  # the same on every rank of the group: they all call their (shared) engine, or none does
@@ -119,13 +135,15 @@ def generate_dp(engine, prompts: dict, n: int, sampling: SamplingConfig, groups:
     else:
         local = PackedRollout.empty(n, sampling.logprobs)
     lo, hi = split_evenly(len(local), groups.tp)[groups.tp_rank]
-    return all_gather_packed(local.rows(lo, hi))
+    return all_gather_packed(local.rows(lo, hi), logprobs_everywhere=logprobs_everywhere)
 
 
 def generate_batch(engine, tokenizer, prompts: dict, n: int, sampling: SamplingConfig, *, step: int,
-                   groups: RolloutGroups, response_length: int) -> DataProto:
-    """Generate and assemble the step batch (B = prompts x n rows, identical on every rank)."""
-    rollout = generate_dp(engine, prompts, n, sampling, groups)
+                   groups: RolloutGroups, response_length: int, logprobs_everywhere: bool = True) -> DataProto:
+    """Generate and assemble the step batch (B = prompts x n rows, identical on every rank; with
+    ``logprobs_everywhere=False`` each rank holds only its own rows' rollout_log_probs, and rollout_log_probs_rank
+    ``[B]`` says which rank holds each row's)."""
+    rollout = generate_dp(engine, prompts, n, sampling, groups, logprobs_everywhere)
 
     def decode(token_ids):
         return tokenizer.decode(token_ids, skip_special_tokens=True)

@@ -2,7 +2,8 @@
 named phases (ARCHITECTURE.md), ``fit()`` loops over steps with logging, validation and checkpoints.
 
 Driver math placement (documented choice): every rank runs the same program. Rollouts are generated DP-style (each
-rank's vLLM engine samples its slice of the prompts) and all-gathered, so every rank holds the identical batch;
+rank's vLLM engine samples its slice of the prompts) and all-gathered, so every rank holds the identical batch
+(but for the rollout log-probs, which stay on the rank that sampled them unless rollout correction needs them);
 every rank votes and grades its share of the prompts and the results are all-gathered (labels.py); prompt filtering
 (dynamic sampling, TTRL consensus: dynamic_sampling.py) and the cheap, deterministic tensor math (token-level scores,
 KL in reward, rollout correction, advantages, metrics) then run on every rank on the same batch, and the Megatron
@@ -32,7 +33,6 @@ import torch.distributed as dist
 
 from ttrl_megatron.algorithms import (apply_kl_penalty, check_adv_estimator_call, compute_advantage,
                                       compute_grpo_nsr_metrics, get_kl_controller, import_external_libs)
-from ttrl_megatron.bridge.sync import rollout_probs_diff
 from ttrl_megatron.config import TTRLTrainerConfig, need_critic, need_reference_policy, save_resolved
 from ttrl_megatron.data import load_tokenizer
 from ttrl_megatron.protocol import DataProto
@@ -42,10 +42,10 @@ from ttrl_megatron.ttrl import build_reward_manager
 from . import builders as B
 from .balance import balance_permutation, seqlen_metrics
 from .checkpointing import CheckpointManager, latest_checkpoint
-from .corrections import RolloutCorrection, TruncationMask
+from .corrections import RolloutCorrection, TruncationMask, rollout_mismatch_metrics
 from .dumps import generation_rows, write_jsonl
 from .dynamic_sampling import FilterSettings, StepBatchCollector, real_rows, relabel_groups
-from .generation import TRAIN, RolloutGroups, generate_batch, sampling_for
+from .generation import TRAIN, RolloutGroups, all_gather_objects, generate_batch, sampling_for
 from .labels import RewardStep
 from . import watchdog as W
 from .metrics import ActorUpdateCost, PhaseTimer, actor_mfu_metrics, compute_data_metrics, throughput_metrics
@@ -175,7 +175,8 @@ class TTRLTrainer:
             sampling = dataclasses.replace(
                 sampling, seed=derive_seed(seed, step, TRAIN, self.rollout_groups.group, gen_index))
         batch = generate_batch(self.engine, self.tokenizer, prompts, self.n_votes, sampling, step=step,
-                               groups=self.rollout_groups, response_length=self.cfg.data.max_response_length)
+                               groups=self.rollout_groups, response_length=self.cfg.data.max_response_length,
+                               logprobs_everywhere=self.rollout_corr is not None)  # else they stay where sampled
         if gen_index:
             relabel_groups(batch, step, gen_index, self.n_votes)
         return batch
@@ -258,8 +259,7 @@ class TTRLTrainer:
         self._dump_rollouts(real, step)
         return {**seqlen, **kl_metrics, **corr_metrics, **adv_metrics, **critic_metrics, **actor_metrics,
                 **mask_metrics,
-                **rollout_probs_diff(batch.batch["rollout_log_probs"], batch.batch["old_log_probs"],
-                                     batch.batch["response_mask"]),
+                **rollout_mismatch_metrics(batch, self.rank, all_gather_objects),
                 **compute_data_metrics(real, self.cfg.data.max_response_length)}
 
     def _dump_rollouts(self, batch: DataProto, step: int) -> None:

@@ -118,8 +118,11 @@ def _gather(tp: int):
     sampling = SamplingConfig(seed=1234)  # the same on all ranks, so every layout must give the same rows
     batch = {"input_ids": torch.zeros(len(PROMPTS), 2, dtype=torch.long), "raw_prompt_ids": PROMPTS}
     out = generate_dp(engine, batch, 3, sampling, groups)
-    return {"rank": dist.get_rank(), "calls": engine.calls, "ids": out.response_ids, "lp": out.logprobs.tolist(),
-            "finish": out.finish_reasons, "lengths": out.lengths.tolist()}
+    here = generate_dp(engine, batch, 3, sampling, groups, logprobs_everywhere=False)
+    return {"rank": dist.get_rank(), "calls": engine.calls[:1], "ids": out.response_ids, "lp": out.logprobs.tolist(),
+            "finish": out.finish_reasons, "lengths": out.lengths.tolist(), "here_ids": here.response_ids,
+            "here_lp": here.logprobs.tolist(), "here_rank": here.logprob_rank.tolist(),
+            "padded_rank": here.to_padded(0)["rollout_log_probs_rank"].tolist()}
 
 
 def test_gather_over_rollout_groups_equals_one_process():
@@ -131,6 +134,15 @@ def test_gather_over_rollout_groups_equals_one_process():
         for r in results:
             assert r["ids"] == single.response_ids, (tp, r["rank"])
             assert r["lp"] == single.logprobs.tolist() and r["finish"] == single.finish_reasons
+            # Log-probs left where they were sampled: the same ids; this rank's rows' log-probs, zeros elsewhere.
+            assert r["here_ids"] == single.response_ids and r["here_rank"] == r["padded_rank"]
+            offsets = single.offsets().tolist()
+            for row, owner in enumerate(r["here_rank"]):
+                got = r["here_lp"][offsets[row]:offsets[row + 1]]
+                want = r["lp"][offsets[row]:offsets[row + 1]] if owner == r["rank"] else [0.0] * len(got)
+                assert got == want, (tp, r["rank"], row)
+        # every row is held by exactly one rank: the one whose slice it is (DP: prompt shares; TP: row halves)
+        assert results[0]["here_rank"] == ([0] * 9 + [1] * 6 if tp == 1 else [0] * 8 + [1] * 7)
         if tp == 1:  # DP: each rank generated its own prompts
             assert [r["calls"] for r in results] == [[PROMPTS[:3]], [PROMPTS[3:]]]
         else:  # one TP group: both ranks called their engine with all prompts
