@@ -1,8 +1,8 @@
 """Weight buckets shared with an engine in another process: one reused byte buffer the engine maps in place.
 
 What crosses the process boundary per bucket is a handle and a table, never the tensors' bytes:
-  handle   {"kind": "cuda", "ipc": <pickled torch reduce_tensor of the buffer>, "id": k}  (CUDA IPC, GPU)
-           {"kind": "shm", "name": <POSIX shared-memory segment>, "nbytes": N, "id": k}       (host)
+  handle   {"kind": "cuda", "ipc": <pickled torch reduce_tensor of the buffer>}   (CUDA IPC, GPU)
+           {"kind": "shm", "name": <POSIX shared-memory segment>, "nbytes": N}    (host)
   entries  [(name, dtype name, shape, byte offset), ...]   whole vLLM modules, each tensor 256-byte aligned
 The sender copies a bucket's tensors into the buffer (device to device on GPU), synchronizes its stream, and makes a
 blocking call; the receiver maps the buffer, loads views of it, synchronizes, unmaps, and returns; only then is the
@@ -19,7 +19,6 @@ Pure torch + stdlib; no vllm, no torch.distributed.
 from __future__ import annotations
 
 import gc
-import itertools
 import mmap
 import pickle
 from collections.abc import Iterable, Iterator
@@ -28,7 +27,6 @@ from multiprocessing import shared_memory
 import torch
 
 ALIGN = 256  # byte alignment of every tensor in the buffer (vLLM's rlhf_colocate example; keeps views aligned)
-_IDS = itertools.count(1)
 
 Entry = tuple[str, str, list[int], int]  # name, dtype name ("bfloat16"), shape, byte offset
 
@@ -51,11 +49,11 @@ class SharedBuffer:
             from torch.multiprocessing.reductions import reduce_tensor
 
             self.tensor = torch.empty(self.nbytes, dtype=torch.uint8, device=device)
-            self.handle = {"kind": "cuda", "ipc": pickle.dumps(reduce_tensor(self.tensor)), "id": next(_IDS)}
+            self.handle = {"kind": "cuda", "ipc": pickle.dumps(reduce_tensor(self.tensor))}
         elif device.type == "cpu":
             self._shm = shared_memory.SharedMemory(create=True, size=self.nbytes)
             self.tensor = torch.frombuffer(self._shm.buf, dtype=torch.uint8, count=self.nbytes)
-            self.handle = {"kind": "shm", "name": self._shm.name, "nbytes": self.nbytes, "id": next(_IDS)}
+            self.handle = {"kind": "shm", "name": self._shm.name, "nbytes": self.nbytes}
         else:
             raise ValueError(f"SharedBuffer: a {device.type!r} buffer cannot be shared with another process "
                              "(CUDA IPC needs cuda, shared memory needs cpu)")

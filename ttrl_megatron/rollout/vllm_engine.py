@@ -358,9 +358,10 @@ class VLLMRolloutEngine:
             elif self.weight_transport == "shared":
                 # One reused buffer on this rank's compute device; each call returns once the worker has loaded it.
                 buckets = shared_buckets(whole_modules(), self.config.update_bucket_mib << 20, compute_device())
-                for handle, entries in buckets:
-                    stats["calls"] += 1
-                    llm.collective_rpc("ttrl_reload_shared", args=(handle, entries))
+                with contextlib.closing(buckets):  # the buffer is freed at once, also when a call fails
+                    for handle, entries in buckets:
+                        stats["calls"] += 1
+                        llm.collective_rpc("ttrl_reload_shared", args=(handle, entries))
             else:
                 for blob in serialized_buckets(whole_modules(), self.config.update_bucket_mib << 20):
                     stats["calls"] += 1
