@@ -198,7 +198,8 @@ def test_engine_core_in_another_process_refits_through_one_shared_bucket(engine,
                                                                          tmp_path_factory):
     """in_process=False: vLLM's engine core and worker run in their own process, so "auto" maps ONE reused
     shared-memory bucket there (the host stand-in of the CUDA IPC handle a GPU sends); the update lands bit for bit as
-    the in-process engine's direct load of the same tensors, and no segment is left behind."""
+    the in-process engine's direct load of the same tensors, and no segment is left behind. Built after the module's
+    in-process engine and shut down before the tests that follow use it: neither disturbs the other."""
     far = VLLMRolloutEngine(_config(model_dir, tmp_path_factory, in_process=False, update_bucket_mib=1))
     try:
         assert (far.weight_transport, engine.weight_transport) == ("shared", "direct")
@@ -213,6 +214,10 @@ def test_engine_core_in_another_process_refits_through_one_shared_bucket(engine,
         engine.update_weights(new)
         try:
             assert far.compute_logprobs(prompts, responses) == engine.compute_logprobs(prompts, responses)
+            # Seeded sampling in the other process draws what the in-process engine draws (the worker keeps the
+            # sampler state it restores: an RPC would hand a tensor back as a list).
+            pinned = SamplingConfig(max_tokens=12, seed=3)
+            assert far.generate(prompts, 4, pinned).response_ids == engine.generate(prompts, 4, pinned).response_ids
         finally:
             engine.update_weights(original)
     finally:

@@ -40,6 +40,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
+import vllm.envs as vllm_envs
 import vllm.v1.engine.core as vllm_engine_core
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
@@ -171,6 +172,12 @@ class VLLMRolloutEngine:
                 path.mkdir(parents=True, exist_ok=True)
                 env[var] = str(path)
         os.environ.update(env)
+        # vLLM freezes its view of the environment once an engine core is up (envs.enable_envs_cache): without this
+        # a second engine of the process would run with the first one's multiprocessing mode, KV cache size and
+        # directories (seen: an in_process=False engine built after an in-process one ran its core in this process).
+        disable_envs_cache = getattr(vllm_envs, "disable_envs_cache", None)
+        if disable_envs_cache is not None:
+            disable_envs_cache()
         return env
 
     def _llm_kwargs(self) -> dict:
@@ -268,11 +275,11 @@ class VLLMRolloutEngine:
         params = self._sampling_params(sampling, n // copies)
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_token_ids]
         llm.reset_prefix_cache()
-        saved = llm.collective_rpc("ttrl_seed_sampler", args=(seed,))[0]
+        llm.collective_rpc("ttrl_seed_sampler", args=(seed,))  # each worker keeps its previous state itself
         try:
             outputs = llm.generate(prompts, params, use_tqdm=False)
         finally:
-            llm.collective_rpc("ttrl_restore_sampler", args=(saved,))
+            llm.collective_rpc("ttrl_restore_sampler")
         ids, logprobs, reasons = [], [] if sampling.logprobs else None, []
         for out in outputs:
             for comp in sorted(out.outputs, key=lambda c: c.index) * copies:
@@ -443,7 +450,9 @@ class VLLMRolloutEngine:
         if llm is None:
             return
         LIVE_IN_PROCESS.discard(id(self))
-        shared = self.config.in_process and (SHARED_STATE["external_dist"] or bool(LIVE_IN_PROCESS))
+        # An engine core in another process tears down only there; this process's groups stay whenever they are
+        # a trainer's or another live in-process engine's.
+        shared = SHARED_STATE["external_dist"] or bool(LIVE_IN_PROCESS)
         with _keep_distributed_state() if shared else contextlib.nullcontext():
             llm.llm_engine.engine_core.shutdown()
         del llm

@@ -32,14 +32,15 @@ def _sampler_generator(device: torch.device) -> torch.Generator:
 class WeightReloadExtension:
     """Worker-side half of `VLLMRolloutEngine.update_weights` and of its seeded sampling."""
 
-    def ttrl_seed_sampler(self, seed: int) -> torch.Tensor:
-        """Seed the sampler's generator on this worker's device; returns the previous state (to restore after).
+    def ttrl_seed_sampler(self, seed: int) -> None:
+        """Seed the sampler's generator on this worker's device, keeping the previous state here for
+        `ttrl_restore_sampler` (kept in the worker, not returned: a worker in another process would get the state
+        back through the RPC's serialization as a list, not a tensor).
 
         In-process workers share the caller's generators: restoring keeps the caller's RNG stream untouched."""
         generator = _sampler_generator(self.device)
-        state = generator.get_state()
+        self._ttrl_sampler_state = generator.get_state()
         generator.manual_seed(int(seed))
-        return state
 
     def ttrl_placement(self) -> dict:
         """Where this worker runs: its device (external_launcher: `cuda:LOCAL_RANK`; the uni executor would say
@@ -47,9 +48,12 @@ class WeightReloadExtension:
         return {"device": str(self.device), "local_rank": int(self.local_rank), "rank": int(self.rank),
                 "pid": os.getpid()}
 
-    def ttrl_restore_sampler(self, state: torch.Tensor) -> None:
-        """Put back the generator state returned by `ttrl_seed_sampler`."""
-        _sampler_generator(self.device).set_state(state)
+    def ttrl_restore_sampler(self) -> None:
+        """Put back the generator state `ttrl_seed_sampler` kept."""
+        state = getattr(self, "_ttrl_sampler_state", None)
+        if state is not None:
+            _sampler_generator(self.device).set_state(state)
+            self._ttrl_sampler_state = None
 
     def ttrl_reload_weights(self, weights: Iterable[tuple[str, torch.Tensor]] | bytes) -> int:
         """Load HF-named tensors in place; `weights` is an iterable (in-process) or a safetensors blob (other process).
