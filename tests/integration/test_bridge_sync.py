@@ -26,7 +26,8 @@ import torch
 
 from tests.dist.harness import run_distributed
 from tests.integration.tiny_models import TinySpec, make_tiny_model
-from ttrl_megatron.bridge.sync import SyncCheckConfig, rollout_probs_diff, verl_batch
+from ttrl_megatron.algorithms.mismatch import rollout_probs_diff
+from ttrl_megatron.bridge.sync import SyncCheckConfig, verl_batch
 
 TOL = 1e-4  # fp32 vLLM vs megatron-core
 SPEC = TinySpec(arch="qwen2", tie_word_embeddings=True, num_hidden_layers=2, seed=5)

@@ -1,12 +1,12 @@
 """The train-inference mismatch metrics when each row's rollout log-probs stayed on the rank that sampled them
 (trainer/corrections.py ``rollout_mismatch_metrics``): per-rank sums, all-gathered, give the metrics of the whole
-batch measured in one place (bridge/sync.py ``rollout_probs_diff``, checked against its definition in
+batch measured in one place (algorithms/mismatch.py ``rollout_probs_diff``, checked against its definition in
 tests/integration/test_bridge_sync.py)."""
 
 import pytest
 import torch
 
-from ttrl_megatron.bridge.sync import probs_diff_sums, rollout_probs_diff
+from ttrl_megatron.algorithms.mismatch import probs_diff_sums, rollout_probs_diff
 from ttrl_megatron.protocol import DataProto
 from ttrl_megatron.trainer.corrections import LOGPROB_RANK, RolloutCorrection, rollout_mismatch_metrics
 
