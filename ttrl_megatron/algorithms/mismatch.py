@@ -27,6 +27,7 @@ def rollout_probs_diff(rollout_log_probs: torch.Tensor, old_log_probs: torch.Ten
 
 
 PROBS_DIFF_SUMS = ("tokens", "diff", "diff_sq", "diff_max", "rollout", "actor", "rollout_sq", "actor_sq", "cross")
+_MAX = PROBS_DIFF_SUMS.index("diff_max")  # the one entry merged by max, not by sum
 
 
 def probs_diff_sums(rollout_log_probs: torch.Tensor, old_log_probs: torch.Tensor,
@@ -50,7 +51,7 @@ def merge_probs_diff_sums(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     """The sums of the union of disjoint token sets (max for the max)."""
     stacked = torch.stack([p.to(torch.float64) for p in parts])
     merged = stacked.sum(dim=0)
-    merged[3] = stacked[:, 3].max()
+    merged[_MAX] = stacked[:, _MAX].max()
     return merged
 
 

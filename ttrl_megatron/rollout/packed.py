@@ -33,8 +33,14 @@ import torch
 from ttrl_megatron.rollout.base import FINISH_REASONS, RolloutOutput
 
 HEADER_WORDS = 4  # rows, tokens, has_logprobs, id_bits
+LOGPROB_RANK = "rollout_log_probs_rank"  # to_padded's [R] column: the rank holding each row's real log-probs
 _CODE = {reason: i for i, reason in enumerate(FINISH_REASONS)}
 _U32 = 1 << 32
+
+
+def packed_words(count: int, bits: int) -> int:
+    """int32 words that `count` values of `bits` bits fill (`pack_bits`' output length)."""
+    return -(-count * bits // 32)
 
 
 def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
@@ -55,7 +61,7 @@ def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
         word, shift = (j * bits) >> 5, (j * bits) & 31
         out[word] |= (v[j] << shift) & (_U32 - 1)
         out[word + 1] |= v[j] >> (32 - shift)  # the bits that spill into the next word (0 when none do)
-    out = out[:bits].t().reshape(-1)[:-(-n * bits // 32)]
+    out = out[:bits].t().reshape(-1)[:packed_words(n, bits)]
     return torch.where(out >= 1 << 31, out - _U32, out).to(torch.int32)  # the uint32 pattern as int32
 
 
@@ -64,7 +70,7 @@ def unpack_bits(words: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     if not 1 <= bits <= 31:
         raise ValueError(f"unpack_bits: bits={bits} must be in [1, 31]")
     blocks = -(-count // 32)
-    nwords = -(-count * bits // 32)
+    nwords = packed_words(count, bits)
     flat = torch.zeros(blocks * bits, dtype=torch.int64, device=words.device)
     flat[:nwords] = words[:nwords].to(torch.int64) & (_U32 - 1)
     w = torch.cat([flat.view(blocks, bits).t(), flat.new_zeros(1, blocks)])  # [bits + 1, blocks]: + a 0 spill row
@@ -207,7 +213,7 @@ class PackedRollout:
             padded[mask] = self.logprobs
             out["rollout_log_probs"] = padded
             if self.logprob_rank is not None:
-                out["rollout_log_probs_rank"] = self.logprob_rank.clone()
+                out[LOGPROB_RANK] = self.logprob_rank.clone()
         return out
 
     # ------------------------------------------------------------------ wire format
@@ -222,8 +228,9 @@ class PackedRollout:
         """One int32 word buffer: lengths | finish | token ids packed at `bits` each (default: this part's
         `id_bits`; a gather uses the largest over its parts) | log-prob bits (float32 reinterpreted; left out when
         `with_logprobs` is False)."""
-        bits = id_bits(self.token_ids) if bits is None else bits
-        if self.token_ids.numel() and int(self.token_ids.max()) >> bits:
+        own = id_bits(self.token_ids)
+        bits = own if bits is None else bits
+        if own > bits:
             raise ValueError(f"PackedRollout.encode: token id {int(self.token_ids.max())} needs more than {bits} bits")
         parts = [self.lengths.to(torch.int32), self.finish.to(torch.int32), pack_bits(self.token_ids, bits)]
         if with_logprobs and self.logprobs is not None:
@@ -235,7 +242,7 @@ class PackedRollout:
         """Length of `encode(bits)` of the part described by `header` (default bits: the header's own)."""
         rows, tokens, has_lp, own = (int(h) for h in header)
         bits = own if bits is None else bits
-        return 2 * rows + -(-tokens * bits // 32) + tokens * has_lp
+        return 2 * rows + packed_words(tokens, bits) + tokens * has_lp
 
     @classmethod
     def decode(cls, n: int, header: Sequence[int], buffer: torch.Tensor, bits: int | None = None) -> "PackedRollout":
@@ -246,7 +253,7 @@ class PackedRollout:
         lengths = buffer[:rows].long()
         finish = buffer[rows:2 * rows].to(torch.uint8)
         start = 2 * rows
-        packed = -(-tokens * bits // 32)
+        packed = packed_words(tokens, bits)
         ids = unpack_bits(buffer[start:start + packed], bits, tokens)
         start += packed
         logprobs = buffer[start:start + tokens].clone().view(torch.float32) if has_lp else None

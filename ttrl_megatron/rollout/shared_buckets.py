@@ -98,8 +98,7 @@ def shared_buckets(groups: Iterable[list[tuple[str, torch.Tensor]]], limit: int,
     try:
         for group in groups:
             need = sum(_aligned(_nbytes(t)) for _, t in group)
-            capacity = buffer.nbytes if buffer is not None else max(limit, 1)
-            if pending and used + need > capacity:  # pending is non-empty only once a buffer exists
+            if pending and used + need > buffer.nbytes:  # pending is non-empty only once a buffer exists
                 yield buffer.handle, buffer.pack(pending)
                 pending, used = [], 0
             if buffer is None or need > buffer.nbytes:
@@ -111,7 +110,6 @@ def shared_buckets(groups: Iterable[list[tuple[str, torch.Tensor]]], limit: int,
         if pending:
             yield buffer.handle, buffer.pack(pending)
     finally:
-        pending = []
         if buffer is not None:
             buffer.close()
 

@@ -23,7 +23,7 @@ import torch
 
 from ttrl_megatron.protocol import DataProto, to_object_array
 from ttrl_megatron.rollout.base import RolloutOutput
-from ttrl_megatron.rollout.packed import PackedRollout
+from ttrl_megatron.rollout.packed import LOGPROB_RANK, PackedRollout
 
 PROMPT_TENSORS = ("input_ids", "attention_mask", "position_ids")
 # Per-prompt fields of a collated prompt batch that are not carried into the rollout batch.
@@ -65,7 +65,7 @@ def assemble_batch(prompts: dict, rollout: RolloutOutput | PackedRollout, *, uid
         "position_ids": (attention_mask.cumsum(dim=1) - 1).clamp(min=0),
         "response_mask": response_mask,
     }
-    for key in ("rollout_log_probs", "rollout_log_probs_rank"):
+    for key in ("rollout_log_probs", LOGPROB_RANK):
         if key in padded:
             tensors[key] = padded[key]
     row_ids = rows.tolist()

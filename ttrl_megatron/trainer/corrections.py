@@ -20,12 +20,11 @@ No megatron, no vllm, no torch.distributed (the gather is passed in).
 
 from __future__ import annotations
 
+from ttrl_megatron.algorithms.mismatch import merge_probs_diff_sums, probs_diff_metrics, probs_diff_sums
 from ttrl_megatron.algorithms.overlong import mask_rows, truncated_rows
 from ttrl_megatron.algorithms.rollout_corr import compute_rollout_correction
-from ttrl_megatron.algorithms.mismatch import merge_probs_diff_sums, probs_diff_metrics, probs_diff_sums
 from ttrl_megatron.protocol import DataProto
-
-LOGPROB_RANK = "rollout_log_probs_rank"  # [B] the rank holding each row's real rollout_log_probs (generation.py)
+from ttrl_megatron.rollout.packed import LOGPROB_RANK  # [B] the rank holding each row's real rollout_log_probs
 
 
 class RolloutCorrection:
